@@ -1,0 +1,141 @@
+"""Batch versions, shard results and the manifest: what a published batch is made of.
+
+A batch *version* is the hash of everything that decides its output: the input bytes, the
+model's weights and tokenizer, the output-affecting engine settings and the endpoint. Same
+version → same results, so a finished version is reused and a half-finished one is resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from nightshift.core.hashing import sha256_bytes, sha256_json
+from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage
+
+MANIFEST_SCHEMA = "nightshift.manifest/v1"
+
+
+def compute_version(
+    *, input_sha256: str, model_sha256: str, engine_params: dict[str, Any], endpoint: Endpoint | None
+) -> str:
+    """The version id of a batch: 16 hex chars of the SHA-256 of what decides its output."""
+    return sha256_json(
+        {
+            "input": input_sha256,
+            "model": model_sha256,
+            "engine": engine_params,
+            "endpoint": endpoint.value if endpoint else None,
+        }
+    )[:16]
+
+
+class ResultRow(BaseModel):
+    """One request's result as a shard stores it, before ids are assigned at publish."""
+
+    line: int = Field(ge=1)
+    custom_id: str | None
+    body: dict[str, Any] | None = None
+    error: BatchError | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+def encode_rows(rows: Iterable[BaseModel]) -> bytes:
+    """JSONL bytes of pydantic rows."""
+    return b"".join(r.model_dump_json().encode() + b"\n" for r in rows)
+
+
+def decode_results(data: bytes) -> list[ResultRow]:
+    """Read a shard result file."""
+    return [ResultRow.model_validate_json(line) for line in data.splitlines() if line.strip()]
+
+
+def to_output_line(row: ResultRow, *, version: str) -> BatchRequestOutput:
+    """The OpenAI output/error line of a result, with ids stable for a given version and line."""
+    key = sha256_bytes(f"{version}:{row.line}".encode())
+    if row.error is not None or row.body is None:
+        error = row.error or BatchError(code="internal_error", message="no response was produced", line=row.line)
+        return BatchRequestOutput(id=f"batch_req_{key[:32]}", custom_id=row.custom_id, response=None, error=error)
+    return BatchRequestOutput(
+        id=f"batch_req_{key[:32]}",
+        custom_id=row.custom_id,
+        response=BatchResponse(status_code=200, request_id=f"req_{key[32:64]}", body=row.body),
+        error=None,
+    )
+
+
+def total_usage(rows: Iterable[ResultRow]) -> Usage:
+    """Sum of the token usage of ``rows``."""
+    usage = Usage()
+    for r in rows:
+        usage.prompt_tokens += r.usage.prompt_tokens
+        usage.completion_tokens += r.usage.completion_tokens
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+    return usage
+
+
+class FileRecord(BaseModel):
+    """A file of the batch: where it is, its SHA-256, bytes and lines."""
+
+    path: str
+    sha256: str
+    bytes: int
+    lines: int | None = None
+
+
+class ShardRecord(BaseModel):
+    """One shard in the manifest: its input and result files and how it was obtained."""
+
+    name: str
+    index: int
+    num_requests: int
+    input: FileRecord
+    results: FileRecord | None = None
+    seconds: float | None = Field(default=None, description="Engine time for this shard in this run.")
+    reused: bool = Field(default=False, description="Found finished on disk (an earlier, interrupted run).")
+
+
+class RequestCounts(BaseModel):
+    """OpenAI's request_counts: every input line is in exactly one of completed/failed."""
+
+    total: int
+    completed: int
+    failed: int
+
+
+class ModelRecord(BaseModel):
+    name: str = Field(description="Model id written in responses.")
+    source: str = Field(description="Where the weights were loaded from.")
+    sha256: str = Field(description="Hash over the model folder (weights, config, tokenizer).")
+
+
+class Manifest(BaseModel):
+    """Everything about one published batch version; written last, so its presence means done."""
+
+    schema_: Literal["nightshift.manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
+    batch_id: str
+    version: str
+    parent_version: str | None = Field(default=None, description="Lineage: the version this one re-runs.")
+    endpoint: Endpoint | None
+    status: Literal["completed"] = "completed"
+    created_at: datetime
+    completed_at: datetime
+    input: FileRecord
+    model: ModelRecord
+    engine: dict[str, Any] = Field(description="Engine backend and parameters of this run.")
+    engine_params_in_version: dict[str, Any]
+    shards: list[ShardRecord]
+    output_file: FileRecord
+    error_file: FileRecord
+    request_counts: RequestCounts
+    usage: Usage
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the run that computed it.")
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> bytes:
+        """Pretty JSON bytes, with the ``schema`` key as written on disk."""
+        return self.model_dump_json(by_alias=True, indent=2).encode()

@@ -1,0 +1,113 @@
+"""Typed errors. Only infrastructure raises; a bad request line becomes an error row instead.
+
+HTTP status codes are chosen in ``nightshift.api`` and Prefect states in ``flows/``; here an
+error only says what went wrong and where (file, line, field, value).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NightshiftError(Exception):
+    """Base class of every error nightshift raises on purpose."""
+
+
+class BatchFileError(ValueError, NightshiftError):
+    """The batch file as a whole cannot be processed (not JSONL, empty, over a limit).
+
+    Raised before any work starts: one clear error instead of 50,000 error lines.
+    """
+
+    def __init__(self, message: str, *, uri: str | None = None, line: int | None = None) -> None:
+        self.uri = uri
+        self.line = line
+        where = f"{uri}" if uri else "batch file"
+        if line is not None:
+            where += f", line {line}"
+        super().__init__(f"{where}: {message}")
+
+    @classmethod
+    def empty(cls, uri: str) -> BatchFileError:
+        """The file has no request lines at all."""
+        return cls("the file is empty; a batch needs at least one request line", uri=uri)
+
+    @classmethod
+    def too_many_lines(cls, uri: str, limit: int) -> BatchFileError:
+        """More request lines than the configured limit."""
+        return cls(f"more than {limit:,} request lines (the limit per batch)", uri=uri, line=limit + 1)
+
+    @classmethod
+    def too_large(cls, uri: str, size: int, limit: int) -> BatchFileError:
+        """More bytes than the configured limit."""
+        return cls(f"{size:,} bytes is over the limit of {limit:,} bytes", uri=uri)
+
+    @classmethod
+    def not_jsonl(cls, uri: str, line: int, detail: str) -> BatchFileError:
+        """Not a single line parses as a JSON object: this is not a JSONL batch file."""
+        return cls(f"not a JSONL file: no line is a JSON object (first line: {detail})", uri=uri, line=line)
+
+
+class InputSchemaError(ValueError, NightshiftError):
+    """One request line does not fit the OpenAI batch request schema.
+
+    Carries the 1-based line number, the field path and the offending value, so the error row
+    can name them. Used as a value (turned into an error row), raised only by strict callers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int,
+        code: str = "invalid_request",
+        param: str | None = None,
+        value: Any = None,
+        custom_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.line = line
+        self.code = code
+        self.param = param
+        self.value = value
+        self.custom_id = custom_id
+        super().__init__(f"line {line}{f', field {param!r}' if param else ''}: {message}")
+
+    @classmethod
+    def from_pydantic(
+        cls, exc: Any, *, line: int, prefix: str = "", custom_id: str | None = None
+    ) -> InputSchemaError:
+        """Build from a ``pydantic.ValidationError``, naming the first failing field."""
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
+        return cls(
+            f"{loc or 'line'}: {first['msg']}",
+            line=line,
+            param=loc or None,
+            value=first.get("input"),
+            custom_id=custom_id,
+        )
+
+    @classmethod
+    def from_pandera(
+        cls, check: str, column: str, value: Any, *, line: int, custom_id: str | None = None
+    ) -> InputSchemaError:
+        """Build from one pandera failure case (a check that failed on one row's column)."""
+        messages = {
+            "not_nullable": f"{column} is required",
+            "field_uniqueness": f"duplicate {column} {value!r}: custom_id must be unique in a batch",
+        }
+        message = messages.get(check) or f"{column}={value!r} fails check {check}"
+        return cls(message, line=line, param=column, value=value, custom_id=custom_id)
+
+
+class ModelError(NightshiftError):
+    """A model could not be found, built or converted."""
+
+
+class EngineError(NightshiftError):
+    """The inference engine failed as a whole (not one request): infrastructure, so it raises."""
+
+
+class StorageError(NightshiftError):
+    """Reading or writing batch artifacts failed or found inconsistent data."""

@@ -1,0 +1,60 @@
+"""Deterministic shards: the same valid requests and shard size always give the same shards.
+
+A shard is the unit of work that is written as soon as it finishes, so a crash loses at most
+the shards in flight, and a re-run of the same version recomputes only the missing ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from nightshift.core.hashing import sha256_bytes
+from nightshift.core.protocol import ValidRequest
+
+
+class ShardSpec(BaseModel):
+    """A shard's identity: its index, its lines, and the SHA-256 of its serialized requests."""
+
+    index: int = Field(ge=0)
+    name: str = Field(description="File stem, e.g. 'shard-00003'.")
+    first_line: int
+    last_line: int
+    num_requests: int
+    sha256: str
+
+
+def shard_name(index: int) -> str:
+    """The file stem of shard ``index`` (zero-padded so names sort in order)."""
+    return f"shard-{index:05d}"
+
+
+def encode_shard(requests: Sequence[ValidRequest]) -> bytes:
+    """Serialize a shard's requests as JSONL, byte-stable for hashing."""
+    return b"".join(r.model_dump_json().encode() + b"\n" for r in requests)
+
+
+def decode_shard(data: bytes) -> list[ValidRequest]:
+    """Read a shard file written by ``encode_shard``."""
+    return [ValidRequest.model_validate_json(line) for line in data.splitlines() if line.strip()]
+
+
+def plan_shards(requests: Sequence[ValidRequest], shard_size: int) -> list[tuple[ShardSpec, bytes]]:
+    """Cut requests (in input order) into shards of at most ``shard_size``, with their bytes."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    shards = []
+    for index, start in enumerate(range(0, len(requests), shard_size)):
+        chunk = requests[start : start + shard_size]
+        data = encode_shard(chunk)
+        spec = ShardSpec(
+            index=index,
+            name=shard_name(index),
+            first_line=chunk[0].line,
+            last_line=chunk[-1].line,
+            num_requests=len(chunk),
+            sha256=sha256_bytes(data),
+        )
+        shards.append((spec, data))
+    return shards

@@ -1,0 +1,125 @@
+"""The one settings tree, read once at an entrypoint and passed down as sub-configs.
+
+Environment names follow the path: ``NIGHTSHIFT_ENGINE_MAX_NUM_SEQS`` sets
+``Settings().engine.max_num_seqs``. Core code never reads the environment; it receives these
+models (or plain values taken from them) as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".nightshift")
+
+
+class EngineConfig(BaseModel):
+    """How the inference engine is built and placed. Defaults are the CPU settings verified on
+    a 2-core machine; set ``device``/``num_gpus``/``dtype`` for a GPU cluster."""
+
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder (HF layout) or the name of an embedded model ('smollm2-135m-instruct').",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Model id written in responses; defaults to the model's name."
+    )
+    backend: Literal["actor", "ray-data-llm"] = Field(
+        default="actor",
+        description=(
+            "'actor': a warm Ray actor holding vllm.LLM, reused across shards and batches (fastest "
+            "here). 'ray-data-llm': ray.data.llm's vLLMEngineProcessor per batch (stage pipelining "
+            "for multi-GPU clusters)."
+        ),
+    )
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where vLLM runs.")
+    dtype: str = Field(default="float32", description="float32 on CPU: bfloat16 is ~5x slower without native bf16.")
+    max_model_len: int = Field(default=2048, ge=16, le=1_048_576, description="Context length the engine allows.")
+    max_num_seqs: int = Field(default=256, ge=1, le=4096, description="Sequences the scheduler runs at once.")
+    enforce_eager: bool = Field(default=True, description="Skip graph compilation: starts in seconds on CPU.")
+    seed: int = Field(default=0, description="Engine seed; requests with their own seed override it.")
+    num_cpus: float = Field(default=1.0, ge=0.0, description="Ray CPUs reserved for one engine replica.")
+    num_gpus: float = Field(default=0.0, ge=0.0, description="Ray GPUs per engine replica (0 on CPU).")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs one replica is split over.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM.")
+    kv_cache_space_gib: int = Field(default=1, ge=1, le=1024, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="Completion budget for chat requests that do not set one."
+    )
+    keep_warm: bool = Field(
+        default=True, description="Keep the engine actor alive after a batch so the next one skips start-up."
+    )
+
+    def output_params(self) -> dict[str, object]:
+        """The settings that change what the model outputs; they enter the batch version.
+
+        Scheduling knobs (max_num_seqs, num_cpus, keep_warm...) change speed, not results, and
+        are left out so that moving a batch to another pool keeps its version and finished shards.
+        """
+        return {
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "seed": self.seed,
+            "default_max_tokens": self.default_max_tokens,
+        }
+
+
+class RayConfig(BaseModel):
+    """Where Ray runs."""
+
+    address: str | None = Field(
+        default=None, description="None starts a local Ray; 'auto', 'host:port' or 'ray://host:port' joins one."
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (None: all).")
+    object_store_memory: int = Field(
+        default=512 * 1024**2, ge=78_643_200, description="Bytes of object store for a local Ray."
+    )
+    temp_dir: Path | None = Field(default=None, description="Ray's session directory for a local Ray.")
+
+
+class StorageConfig(BaseModel):
+    """Where batches and their artifacts live (any fsspec URL: a folder, file://, s3://)."""
+
+    root: str = Field(default=str(DEFAULT_HOME / "store"), description="Root URL of the artifact store.")
+    shard_size: int = Field(default=256, ge=1, le=1_000_000, description="Requests per shard.")
+
+
+class LimitsConfig(BaseModel):
+    """Batch file limits (OpenAI's by default)."""
+
+    max_lines: int = Field(default=50_000, ge=1, description="Request lines a batch may hold.")
+    max_bytes: int = Field(default=200 * 1024**2, ge=1, description="Bytes a batch file may hold.")
+
+
+class SLAConfig(BaseModel):
+    """Deadlines per tier, in hours from submission."""
+
+    enterprise_hours: float = Field(default=6.0, gt=0)
+    premium_hours: float = Field(default=12.0, gt=0)
+    basic_hours: float = Field(default=24.0, gt=0)
+    free_hours: float = Field(default=72.0, gt=0)
+
+    def hours(self) -> dict[str, float]:
+        """Tier name → deadline in hours."""
+        return {
+            "enterprise": self.enterprise_hours,
+            "premium": self.premium_hours,
+            "basic": self.basic_hours,
+            "free": self.free_hours,
+        }
+
+
+class Settings(BaseSettings):
+    """Everything configurable, one tree. Build it once at an entrypoint."""
+
+    model_config = SettingsConfigDict(env_prefix="NIGHTSHIFT_", env_nested_delimiter="_", env_nested_max_split=1)
+
+    home: Path = Field(default=DEFAULT_HOME, description="Local state: model cache, Prefect home, Ray temp.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sla: SLAConfig = Field(default_factory=SLAConfig)

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+from batchfiles import BAD_LINES, chat_line
+
+from nightshift.core.errors import BatchFileError
+from nightshift.core.protocol import Endpoint
+from nightshift.core.validation import read_lines, validate_lines
+
+
+def _lines(*objs: object) -> list[tuple[int, str]]:
+    return [(i, o if isinstance(o, str) else json.dumps(o)) for i, o in enumerate(objs, start=1)]
+
+
+def test_good_lines_pass_in_order():
+    result = validate_lines(_lines(chat_line(0), chat_line(1), chat_line(2)))
+    assert [r.custom_id for r in result.valid] == ["req-000", "req-001", "req-002"]
+    assert [r.line for r in result.valid] == [1, 2, 3]
+    assert result.endpoint is Endpoint.CHAT_COMPLETIONS
+    assert result.errors == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "text"),
+    [
+        ("invalid_json", "invalid_json", "invalid JSON"),
+        ("unknown_url", "invalid_request", "url must be one of"),
+        ("bad_body", "invalid_request", "body.messages"),
+        ("missing_custom_id", "invalid_request", "custom_id is required"),
+    ],
+)
+def test_each_bad_line_becomes_one_error_naming_line_and_field(kind, code, text):
+    result = validate_lines(_lines(chat_line(0), BAD_LINES[kind], chat_line(1)))
+    assert [r.custom_id for r in result.valid] == ["req-000", "req-001"]
+    assert len(result.errors) == 1
+    err = result.errors[0]
+    assert err.line == 2 and err.code == code and text in err.message
+
+
+def test_duplicate_custom_id_keeps_the_first():
+    dup = chat_line(0)
+    result = validate_lines(_lines(chat_line(0), chat_line(1), dup))
+    assert [r.line for r in result.valid] == [1, 2]
+    (err,) = result.errors
+    assert err.line == 3 and err.code == "duplicate_custom_id" and err.custom_id == "req-000"
+
+
+def test_wrong_types_fail_the_row_not_the_batch():
+    bad = chat_line(1)
+    bad["custom_id"] = 17
+    worse = chat_line(2)
+    worse["method"] = "GET"
+    result = validate_lines(_lines(chat_line(0), bad, worse))
+    assert [r.custom_id for r in result.valid] == ["req-000"]
+    assert {(e.line, e.param) for e in result.errors} == {(2, "custom_id"), (3, "method")}
+
+
+def test_out_of_range_sampling_field_is_named():
+    line = chat_line(0, temperature=7)
+    (err,) = validate_lines(_lines(chat_line(1), line)).errors
+    assert err.param == "body.temperature" and "less than or equal to 2" in err.message
+
+
+def test_url_other_than_batch_endpoint_is_an_error():
+    completion = {"custom_id": "c1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Once"}}
+    result = validate_lines(_lines(chat_line(0), completion))
+    (err,) = result.errors
+    assert err.code == "url_mismatch" and err.line == 2
+    explicit = validate_lines(_lines(chat_line(0), completion), endpoint=Endpoint.COMPLETIONS)
+    assert [r.custom_id for r in explicit.valid] == ["c1"]
+
+
+def test_prompt_too_long_uses_the_token_counter():
+    def count(endpoint, body):
+        return len(body["messages"][0]["content"].split())
+
+    long = chat_line(1)
+    long["body"]["messages"][0]["content"] = "word " * 600
+    result = validate_lines(_lines(chat_line(0), long), max_model_len=512, count_tokens=count)
+    (err,) = result.errors
+    assert err.code == "context_length_exceeded" and "600 tokens" in err.message and err.line == 2
+    assert result.valid[0].prompt_tokens == len("Tell me about the sea, item 0.".split())
+
+
+def test_file_level_limits_fail_fast():
+    with pytest.raises(BatchFileError, match="empty"):
+        read_lines(b"\n\n", uri="x.jsonl", max_lines=10, max_bytes=100)
+    with pytest.raises(BatchFileError, match="more than 2 request lines"):
+        read_lines(b"{}\n{}\n{}\n", uri="x.jsonl", max_lines=2, max_bytes=100)
+    with pytest.raises(BatchFileError, match="over the limit of 10 bytes"):
+        read_lines(b"{}\n" * 10, uri="x.jsonl", max_lines=100, max_bytes=10)
+
+
+def test_a_file_that_is_not_jsonl_fails_as_a_whole():
+    lines = read_lines(b"id,prompt\n1,hello\n", uri="data.csv", max_lines=10, max_bytes=1000)
+    with pytest.raises(BatchFileError, match="not a JSONL file") as info:
+        validate_lines(lines, uri="data.csv")
+    assert info.value.line == 1
+
+
+def test_blank_lines_keep_numbering():
+    data = (json.dumps(chat_line(0)) + "\n\n" + BAD_LINES["invalid_json"] + "\n").encode()
+    result = validate_lines(read_lines(data, uri="x", max_lines=10, max_bytes=10_000))
+    assert result.total_lines == 2 and result.errors[0].line == 3
