@@ -46,12 +46,8 @@ class EngineConfig(BaseModel):
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs one replica is split over.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM.")
     kv_cache_space_gib: int = Field(default=1, ge=1, le=1024, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
-    default_max_tokens: int = Field(
-        default=256, ge=1, description="Completion budget for chat requests that do not set one."
-    )
-    keep_warm: bool = Field(
-        default=True, description="Keep the engine actor alive after a batch so the next one skips start-up."
-    )
+    default_max_tokens: int = Field(default=256, ge=1, description="Completion budget for chat requests that do not set one.")
+    keep_warm: bool = Field(default=True, description="Keep the engine actor alive after a batch so the next one skips start-up.")
 
     def output_params(self) -> dict[str, object]:
         """The settings that change what the model outputs; they enter the batch version.
@@ -74,9 +70,7 @@ class RayConfig(BaseModel):
         default=None, description="None starts a local Ray; 'auto', 'host:port' or 'ray://host:port' joins one."
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (None: all).")
-    object_store_memory: int = Field(
-        default=512 * 1024**2, ge=78_643_200, description="Bytes of object store for a local Ray."
-    )
+    object_store_memory: int = Field(default=512 * 1024**2, ge=78_643_200, description="Bytes of object store for a local Ray.")
     temp_dir: Path | None = Field(default=None, description="Ray's session directory for a local Ray.")
 
 

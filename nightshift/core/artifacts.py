@@ -19,9 +19,7 @@ from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchRespon
 MANIFEST_SCHEMA = "nightshift.manifest/v1"
 
 
-def compute_version(
-    *, input_sha256: str, model_sha256: str, engine_params: dict[str, Any], endpoint: Endpoint | None
-) -> str:
+def compute_version(*, input_sha256: str, model_sha256: str, engine_params: dict[str, Any], endpoint: Endpoint | None) -> str:
     """The version id of a batch: 16 hex chars of the SHA-256 of what decides its output."""
     return sha256_json(
         {

@@ -74,9 +74,7 @@ class InputSchemaError(ValueError, NightshiftError):
         super().__init__(f"line {line}{f', field {param!r}' if param else ''}: {message}")
 
     @classmethod
-    def from_pydantic(
-        cls, exc: Any, *, line: int, prefix: str = "", custom_id: str | None = None
-    ) -> InputSchemaError:
+    def from_pydantic(cls, exc: Any, *, line: int, prefix: str = "", custom_id: str | None = None) -> InputSchemaError:
         """Build from a ``pydantic.ValidationError``, naming the first failing field."""
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
@@ -89,9 +87,7 @@ class InputSchemaError(ValueError, NightshiftError):
         )
 
     @classmethod
-    def from_pandera(
-        cls, check: str, column: str, value: Any, *, line: int, custom_id: str | None = None
-    ) -> InputSchemaError:
+    def from_pandera(cls, check: str, column: str, value: Any, *, line: int, custom_id: str | None = None) -> InputSchemaError:
         """Build from one pandera failure case (a check that failed on one row's column)."""
         messages = {
             "not_nullable": f"{column} is required",

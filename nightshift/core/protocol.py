@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class Endpoint(str, enum.Enum):
+class Endpoint(enum.StrEnum):
     """The request URLs a batch line may name; a batch serves exactly one of them."""
 
     CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -36,9 +36,7 @@ class _Body(BaseModel):
     # the OpenAI API does; a field we know with a wrong type or range is an error.
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = Field(
-        default=None, description="Model named by the request; the batch's model serves it."
-    )
+    model: str | None = Field(default=None, description="Model named by the request; the batch's model serves it.")
 
 
 class _SamplingBody(_Body):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, Field
 
 
-class Tier(str, enum.Enum):
+class Tier(enum.StrEnum):
     """A customer's promise: how long after submission the batch must be done."""
 
     ENTERPRISE = "enterprise"
@@ -61,7 +61,6 @@ def sla_report(
     deadline = deadline_for(submitted_at, tier, tier_hours)
     elapsed = max((finished_at - submitted_at).total_seconds(), 0.0)
     busy = busy_seconds if busy_seconds is not None else elapsed
-    rate = (lambda n: n / busy if busy > 0 else 0.0)
     return SLAReport(
         tier=tier,
         submitted_at=submitted_at,
@@ -70,6 +69,6 @@ def sla_report(
         met=finished_at <= deadline,
         slack_seconds=(deadline - finished_at).total_seconds(),
         elapsed_seconds=elapsed,
-        requests_per_second=rate(requests),
-        tokens_per_second=rate(tokens),
+        requests_per_second=requests / busy if busy > 0 else 0.0,
+        tokens_per_second=tokens / busy if busy > 0 else 0.0,
     )

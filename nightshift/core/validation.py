@@ -48,9 +48,7 @@ BATCH_SCHEMA = pa.DataFrameSchema(
         "url": pa.Column(
             object,
             nullable=False,
-            checks=pa.Check(
-                lambda v: v in _ENDPOINTS, element_wise=True, name=f"url must be one of {', '.join(_ENDPOINTS)}"
-            ),
+            checks=pa.Check(lambda v: v in _ENDPOINTS, element_wise=True, name=f"url must be one of {', '.join(_ENDPOINTS)}"),
         ),
         "body": pa.Column(
             object,
@@ -109,7 +107,9 @@ def _parse_json(lines: Iterable[tuple[int, str]]) -> tuple[list[dict[str, Any]],
             continue
         if not isinstance(obj, dict):
             errors.append(
-                InputSchemaError(f"a request line must be a JSON object, got {type(obj).__name__}", line=number, code="invalid_json")
+                InputSchemaError(
+                    f"a request line must be a JSON object, got {type(obj).__name__}", line=number, code="invalid_json"
+                )
             )
             continue
         parsed.append({"__line__": number, **obj})
@@ -137,10 +137,16 @@ def _frame_errors(rows: list[dict[str, Any]]) -> dict[int, InputSchemaError]:
         cid = row.get("custom_id") if _is_nonempty_str(row.get("custom_id")) else None
         check = str(case.check)
         if check in ("not_nullable", "field_uniqueness"):
-            found[pos] = InputSchemaError.from_pandera(check, str(case.column), case.failure_case, line=row["__line__"], custom_id=cid)
+            found[pos] = InputSchemaError.from_pandera(
+                check, str(case.column), case.failure_case, line=row["__line__"], custom_id=cid
+            )
         else:
             found[pos] = InputSchemaError(
-                f"{check} (got {case.failure_case!r})", line=row["__line__"], param=str(case.column), value=case.failure_case, custom_id=cid
+                f"{check} (got {case.failure_case!r})",
+                line=row["__line__"],
+                param=str(case.column),
+                value=case.failure_case,
+                custom_id=cid,
             )
         if check == "field_uniqueness":
             found[pos].code = "duplicate_custom_id"
@@ -189,7 +195,11 @@ def validate_lines(
                 InputSchemaError(
                     f"url {req.url.value!r} differs from the batch endpoint {result.endpoint.value!r}; "
                     "a batch serves one endpoint",
-                    line=number, param="url", value=req.url.value, custom_id=cid, code="url_mismatch",
+                    line=number,
+                    param="url",
+                    value=req.url.value,
+                    custom_id=cid,
+                    code="url_mismatch",
                 )
             )
             continue
@@ -207,10 +217,11 @@ def validate_lines(
                 asked = f" plus {budget} completion tokens" if budget else ""
                 errors.append(
                     InputSchemaError(
-                        f"prompt is {prompt_tokens} tokens{asked}; the model's maximum context length is "
-                        f"{max_model_len} tokens",
-                        line=number, param="body.messages" if isinstance(body, ChatCompletionRequest) else "body",
-                        custom_id=cid, code="context_length_exceeded",
+                        f"prompt is {prompt_tokens} tokens{asked}; the model's maximum context length is {max_model_len} tokens",
+                        line=number,
+                        param="body.messages" if isinstance(body, ChatCompletionRequest) else "body",
+                        custom_id=cid,
+                        code="context_length_exceeded",
                     )
                 )
                 continue

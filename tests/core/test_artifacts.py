@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import fsspec
 import pytest
@@ -27,7 +27,9 @@ def test_shards_are_deterministic_and_cover_every_request_once():
 
 
 def test_version_changes_with_any_input():
-    base = dict(input_sha256="a" * 64, model_sha256="b" * 64, engine_params={"dtype": "float32"}, endpoint=Endpoint.CHAT_COMPLETIONS)
+    base = dict(
+        input_sha256="a" * 64, model_sha256="b" * 64, engine_params={"dtype": "float32"}, endpoint=Endpoint.CHAT_COMPLETIONS
+    )
     v = compute_version(**base)
     assert v == compute_version(**base) and len(v) == 16
     for change in (
@@ -60,15 +62,19 @@ def test_tree_hash_sees_content_and_names(tmp_path):
 
 @pytest.mark.parametrize(("tier", "hours"), [(Tier.ENTERPRISE, 6), (Tier.PREMIUM, 12), (Tier.BASIC, 24), (Tier.FREE, 72)])
 def test_tier_deadlines(tier, hours):
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     assert deadline_for(t0, tier) == t0 + timedelta(hours=hours)
 
 
 def test_sla_report_met_and_breached():
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    met = sla_report(tier=Tier.ENTERPRISE, submitted_at=t0, finished_at=t0 + timedelta(hours=5), requests=100, tokens=1000, busy_seconds=50)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    met = sla_report(
+        tier=Tier.ENTERPRISE, submitted_at=t0, finished_at=t0 + timedelta(hours=5), requests=100, tokens=1000, busy_seconds=50
+    )
     assert met.met and met.slack_seconds == 3600 and met.requests_per_second == 2 and met.tokens_per_second == 20
     late = sla_report(tier=Tier.ENTERPRISE, submitted_at=t0, finished_at=t0 + timedelta(hours=7), requests=0, tokens=0)
     assert not late.met and late.slack_seconds == -3600 and late.requests_per_second == 0
-    custom = sla_report(tier=Tier.FREE, submitted_at=t0, finished_at=t0 + timedelta(hours=2), requests=1, tokens=1, tier_hours={"free": 1.0})
+    custom = sla_report(
+        tier=Tier.FREE, submitted_at=t0, finished_at=t0 + timedelta(hours=2), requests=1, tokens=1, tier_hours={"free": 1.0}
+    )
     assert not custom.met

@@ -79,7 +79,7 @@ def test_prompt_too_long_uses_the_token_counter():
     result = validate_lines(_lines(chat_line(0), long), max_model_len=512, count_tokens=count)
     (err,) = result.errors
     assert err.code == "context_length_exceeded" and "600 tokens" in err.message and err.line == 2
-    assert result.valid[0].prompt_tokens == len("Tell me about the sea, item 0.".split())
+    assert result.valid[0].prompt_tokens == len(["Tell", "me", "about", "the", "sea,", "item", "0."])
 
 
 def test_file_level_limits_fail_fast():

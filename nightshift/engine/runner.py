@@ -1,0 +1,203 @@
+"""Ray side of inference: a warm engine actor per (model, endpoint, engine settings), fed shards.
+
+Why an actor and not a per-batch ``ray.data.llm`` processor by default: the engine is the
+expensive part (weights load, KV cache allocation), and a named actor outlives one batch, so the
+next batch on the same Ray cluster starts generating at once. Shards travel as storage paths;
+the actor reads them and writes each result file itself as soon as the shard is done, so the
+driver holds no request data and a crash keeps every finished shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from nightshift.core.artifacts import ResultRow, decode_results, encode_rows, total_usage
+from nightshift.core.hashing import sha256_bytes, sha256_json
+from nightshift.core.protocol import Endpoint, Usage
+from nightshift.core.sharding import decode_shard
+from nightshift.settings import EngineConfig, RayConfig
+from nightshift.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "nightshift"
+
+#: Ray must stay on loopback and keep quiet here (see PLATFORM.md): no usage stats, no token
+#: auth between our own processes, no dashboard.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+class EngineSpec(BaseModel):
+    """What an engine actor serves; equal specs share one warm actor."""
+
+    model_path: str
+    served_model_name: str
+    endpoint: Endpoint
+    config: EngineConfig
+
+    def actor_name(self) -> str:
+        """Stable name of the actor serving this spec."""
+        return "engine-" + sha256_json(self.model_dump(mode="json"))[:16]
+
+
+class ShardOutcome(BaseModel):
+    """What one shard's run produced (the rows themselves are in its results file)."""
+
+    name: str
+    results_path: str
+    results_sha256: str
+    results_bytes: int
+    num_requests: int
+    num_errors: int
+    usage: Usage
+    seconds: float
+
+
+def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
+    """Arguments for ``ray.init`` (or ``RayTaskRunner(init_kwargs=...)``) from settings."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
+    if config.address is None:
+        kwargs.update(
+            num_cpus=config.num_cpus,
+            include_dashboard=False,
+            object_store_memory=config.object_store_memory,
+            _node_ip_address="127.0.0.1",
+        )
+        if config.temp_dir is not None:
+            kwargs["_temp_dir"] = str(config.temp_dir.absolute())
+    return kwargs
+
+
+def ensure_ray(config: RayConfig) -> None:
+    """Connect to (or start) Ray unless this process is already connected."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(config.address, **ray_init_kwargs(config))
+
+
+class _EngineActor:
+    """Ray actor body: a ``VLLMEngine`` plus storage I/O for shards."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        from nightshift.engine.vllm_engine import VLLMEngine
+
+        self.engine = VLLMEngine(spec.model_path, spec.served_model_name, spec.endpoint, spec.config)
+
+    def info(self) -> dict[str, Any]:
+        return self.engine.info()
+
+    def run_shard(self, store_url: str, name: str, requests_path: str, results_path: str) -> ShardOutcome:
+        store = ArtifactStore(store_url)
+        requests = decode_shard(store.read_bytes(requests_path))
+        started = time.perf_counter()
+        rows: list[ResultRow] = self.engine.run(requests)
+        seconds = time.perf_counter() - started
+        data = encode_rows(rows)
+        store.write_bytes(results_path, data)
+        return ShardOutcome(
+            name=name,
+            results_path=results_path,
+            results_sha256=sha256_bytes(data),
+            results_bytes=len(data),
+            num_requests=len(rows),
+            num_errors=sum(r.error is not None for r in rows),
+            usage=total_usage(rows),
+            seconds=seconds,
+        )
+
+
+def get_engine(spec: EngineSpec) -> Any:
+    """The warm actor for ``spec``, created on first use (Ray must be initialized)."""
+    import ray
+
+    cfg = spec.config
+    options: dict[str, Any] = {
+        "name": spec.actor_name(),
+        "namespace": NAMESPACE,
+        "get_if_exists": True,
+        "num_cpus": cfg.num_cpus,
+        "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size,
+        "max_concurrency": 1,  # vLLM's LLM is not thread-safe; shards queue at the actor
+        "max_restarts": 1,  # a crashed engine is rebuilt once; shards already written survive
+    }
+    if cfg.keep_warm:
+        options["lifetime"] = "detached"
+    return ray.remote(_EngineActor).options(**options).remote(spec)
+
+
+def release_engine(spec: EngineSpec) -> None:
+    """Stop the warm actor of ``spec`` if it exists (frees its memory)."""
+    import ray
+
+    with contextlib.suppress(ValueError):  # no such actor: nothing to release
+        ray.kill(ray.get_actor(spec.actor_name(), namespace=NAMESPACE))
+
+
+ShardJob = tuple[str, str, str]  # (name, requests path, results path)
+
+
+def run_shards(
+    spec: EngineSpec,
+    store: ArtifactStore,
+    jobs: Sequence[ShardJob],
+    *,
+    on_done: Callable[[ShardOutcome], None] | None = None,
+    in_flight: int = 2,
+) -> list[ShardOutcome]:
+    """Run shards on the warm engine, ``in_flight`` at a time, in order of completion.
+
+    Two in flight keep the actor busy between shards (the next one is already queued while
+    the driver books the last). If the driver fails (``on_done`` raised), the shards already
+    running are still waited for, so their results land before the error propagates.
+    """
+    import ray
+
+    actor = get_engine(spec)
+    pending = list(jobs)
+    running: dict[Any, str] = {}
+    outcomes: list[ShardOutcome] = []
+    try:
+        while pending or running:
+            while pending and len(running) < in_flight:
+                name, req, res = pending.pop(0)
+                running[actor.run_shard.remote(store.url, name, req, res)] = name
+            done, _ = ray.wait(list(running), num_returns=1)
+            running.pop(done[0])
+            outcome: ShardOutcome = ray.get(done[0])
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(outcome)
+    finally:
+        if running:
+            ray.wait(list(running), num_returns=len(running))
+    return outcomes
+
+
+def read_outcome(store: ArtifactStore, name: str, results_path: str) -> ShardOutcome:
+    """Rebuild a ``ShardOutcome`` from a results file an earlier run left on disk."""
+    data = store.read_bytes(results_path)
+    rows = decode_results(data)
+    return ShardOutcome(
+        name=name,
+        results_path=results_path,
+        results_sha256=sha256_bytes(data),
+        results_bytes=len(data),
+        num_requests=len(rows),
+        num_errors=sum(r.error is not None for r in rows),
+        usage=total_usage(rows),
+        seconds=0.0,
+    )

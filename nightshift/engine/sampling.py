@@ -1,0 +1,116 @@
+"""OpenAI request bodies → vLLM sampling arguments, and vLLM outputs → OpenAI response bodies.
+
+Kept free of vLLM imports (plain dicts in, plain models out) so the mapping is unit-tested
+without an engine; ``VLLMEngine`` turns the dict into ``SamplingParams``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from nightshift.core.protocol import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    CreateEmbeddingResponse,
+    EmbeddingData,
+    Usage,
+)
+
+#: OpenAI's defaults where a body leaves a field out (vLLM's differ: temperature 1.0 is OpenAI's).
+OPENAI_DEFAULT_TEMPERATURE = 1.0
+
+
+def sampling_kwargs(
+    body: ChatCompletionRequest | CompletionRequest,
+    *,
+    default_max_tokens: int,
+    prompt_tokens: int | None = None,
+    max_model_len: int | None = None,
+) -> dict[str, Any]:
+    """The ``SamplingParams`` keyword arguments for one request body.
+
+    A chat request with no token limit gets ``default_max_tokens``, shortened to what still fits
+    the context after the prompt, as vLLM's OpenAI server does.
+    """
+    max_tokens = body.token_budget()
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+        if prompt_tokens is not None and max_model_len is not None:
+            max_tokens = max(1, min(max_tokens, max_model_len - prompt_tokens))
+    kwargs: dict[str, Any] = {
+        "n": body.n,
+        "temperature": OPENAI_DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        "max_tokens": max_tokens,
+    }
+    for name in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty"):
+        value = getattr(body, name)
+        if value is not None:
+            kwargs[name] = value
+    fmt = getattr(body, "response_format", None)
+    if fmt:
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            kwargs["structured_outputs"] = {"json": schema if schema is not None else {}}
+        elif kind == "json_object":
+            kwargs["structured_outputs"] = {"json_object": True}
+    return kwargs
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    # vLLM reports "stop" (EOS or a stop string), "length", or "abort"; OpenAI has no "abort".
+    return reason if reason in ("stop", "length") else None
+
+
+def chat_completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, int, str | None]]) -> ChatCompletion:
+    """A chat.completion body from (text, completion tokens, finish reason) per choice."""
+    completion_tokens = sum(c[1] for c in choices)
+    return ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            ChatCompletionChoice(
+                index=i,
+                message=ChatCompletionMessage(content=text),
+                finish_reason=_finish_reason(reason),  # type: ignore[arg-type]
+            )
+            for i, (text, _, reason) in enumerate(choices)
+        ],
+        usage=Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        ),
+    )
+
+
+def completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, int, str | None]]) -> Completion:
+    """A text_completion body from (text, completion tokens, finish reason) per choice."""
+    completion_tokens = sum(c[1] for c in choices)
+    return Completion(
+        id=f"cmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            CompletionChoice(index=i, text=text, finish_reason=_finish_reason(reason))  # type: ignore[arg-type]
+            for i, (text, _, reason) in enumerate(choices)
+        ],
+        usage=Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        ),
+    )
+
+
+def embedding_response(*, model: str, embeddings: list[list[float]], prompt_tokens: int) -> CreateEmbeddingResponse:
+    """An embeddings list body."""
+    return CreateEmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=e) for i, e in enumerate(embeddings)],
+        model=model,
+        usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+    )

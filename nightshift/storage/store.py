@@ -1,0 +1,118 @@
+"""The artifact store: one documented layout over any fsspec filesystem, with atomic writes.
+
+Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/prefix``)::
+
+    {root}/batches/{batch_id}/{version}/
+        input.jsonl                   the submitted file, byte for byte
+        requests.jsonl                its valid requests; invalid.results.jsonl: its bad lines
+        shards/shard-00000.requests.jsonl   valid requests of the shard
+        shards/shard-00000.results.jsonl    its results, written when the shard finishes
+        output.jsonl  errors.jsonl    OpenAI batch output and error files (input order)
+        manifest.json                 written last: its presence means the version is published
+        sla.json                      SLA report of the latest run of this version
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from nightshift.core.errors import StorageError
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Paths of one batch version's files (full URLs/paths as the store's fs takes them)."""
+
+    root: str
+
+    @property
+    def input(self) -> str:
+        return f"{self.root}/input.jsonl"
+
+    @property
+    def valid(self) -> str:
+        return f"{self.root}/requests.jsonl"
+
+    @property
+    def invalid(self) -> str:
+        return f"{self.root}/invalid.results.jsonl"
+
+    @property
+    def shards(self) -> str:
+        return f"{self.root}/shards"
+
+    def shard_requests(self, name: str) -> str:
+        return f"{self.shards}/{name}.requests.jsonl"
+
+    def shard_results(self, name: str) -> str:
+        return f"{self.shards}/{name}.results.jsonl"
+
+    @property
+    def output(self) -> str:
+        return f"{self.root}/output.jsonl"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.root}/errors.jsonl"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.root}/manifest.json"
+
+    @property
+    def sla(self) -> str:
+        return f"{self.root}/sla.json"
+
+
+class ArtifactStore:
+    """Reads and writes batch artifacts under a root URL.
+
+    Writes are atomic for readers: on a filesystem the bytes go to a hidden temp file that is
+    renamed into place; on object stores a single PUT is already all-or-nothing.
+    """
+
+    def __init__(self, root: str, **storage_options: object) -> None:
+        self.fs: fsspec.AbstractFileSystem
+        self.fs, path = url_to_fs(root.rstrip("/"), **storage_options)
+        self.root = path.rstrip("/")
+        # An absolute URL (file:///abs/...) so that Ray workers with another cwd find the files.
+        self.url = self.fs.unstrip_protocol(self.root)
+        self._atomic_rename = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def batch(self, batch_id: str, version: str) -> BatchPaths:
+        """Paths of one batch version."""
+        return BatchPaths(f"{self.root}/batches/{batch_id}/{version}")
+
+    def uri(self, path: str) -> str:
+        """A full URL for ``path`` that a user or another process can open."""
+        return self.fs.unstrip_protocol(path)
+
+    def exists(self, path: str) -> bool:
+        """True when ``path`` exists."""
+        return bool(self.fs.exists(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        """The bytes of ``path``."""
+        try:
+            return bytes(self.fs.cat_file(path))
+        except FileNotFoundError as exc:
+            raise StorageError(f"missing artifact: {self.uri(path)}") from exc
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` so that no reader ever sees part of it."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if not self._atomic_rename:
+            self.fs.pipe_file(path, data)
+            return
+        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)

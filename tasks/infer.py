@@ -1,0 +1,65 @@
+"""run-inference: every shard without results goes through the warm vLLM engine on Ray."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from nightshift.core.errors import EngineError
+from nightshift.core.sharding import ShardSpec
+from nightshift.engine.runner import EngineSpec, ShardOutcome, read_outcome, run_shards
+from nightshift.storage import ArtifactStore
+
+
+class InferenceReport(BaseModel):
+    """Per-shard outcomes of this run, and which shards an earlier run had already finished."""
+
+    outcomes: list[ShardOutcome]
+    reused_shards: list[str]
+    engine_requests: int
+    seconds: float
+
+
+@task(name="run-inference")
+def run_inference(
+    store_url: str,
+    batch_id: str,
+    version: str,
+    shards: list[ShardSpec],
+    engine: EngineSpec,
+    fail_after_shards: int | None = None,
+) -> InferenceReport:
+    """Run the shards that have no results yet; a shard's results are written when it finishes."""
+    import time
+
+    log = get_run_logger()
+    store = ArtifactStore(store_url)
+    paths = store.batch(batch_id, version)
+    reused, jobs, outcomes = [], [], []
+    for spec in shards:
+        results = paths.shard_results(spec.name)
+        if store.exists(results):
+            outcomes.append(read_outcome(store, spec.name, results))
+            reused.append(spec.name)
+        else:
+            jobs.append((spec.name, paths.shard_requests(spec.name), results))
+    if reused:
+        log.info("resuming: %d of %d shards already finished", len(reused), len(shards))
+
+    done = 0
+
+    def on_done(outcome: ShardOutcome) -> None:
+        nonlocal done
+        done += 1
+        log.info("%s: %d requests (%d errors) in %.1fs", outcome.name, outcome.num_requests, outcome.num_errors, outcome.seconds)
+        if fail_after_shards is not None and done >= fail_after_shards:
+            raise EngineError(f"fault injected after {done} shard(s) (fail_after_shards={fail_after_shards})")
+
+    started = time.perf_counter()
+    fresh = run_shards(engine, store, jobs, on_done=on_done) if jobs else []
+    return InferenceReport(
+        outcomes=outcomes + fresh,
+        reused_shards=reused,
+        engine_requests=sum(o.num_requests for o in fresh),
+        seconds=time.perf_counter() - started,
+    )

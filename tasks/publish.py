@@ -1,0 +1,127 @@
+"""publish-results: OpenAI output and error files in input order, then the manifest, last."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from nightshift.core.artifacts import (
+    FileRecord,
+    Manifest,
+    ModelRecord,
+    RequestCounts,
+    ShardRecord,
+    decode_results,
+    encode_rows,
+    to_output_line,
+    total_usage,
+)
+from nightshift.core.hashing import sha256_bytes
+from nightshift.core.sharding import ShardSpec
+from nightshift.storage import ArtifactStore
+from tasks.infer import InferenceReport
+from tasks.validate import ValidatedBatch
+
+
+def _record(store: ArtifactStore, path: str, data: bytes) -> FileRecord:
+    return FileRecord(path=store.uri(path), sha256=sha256_bytes(data), bytes=len(data), lines=data.count(b"\n"))
+
+
+@task(name="publish-results", retries=2, retry_delay_seconds=2)
+def publish_results(
+    store_url: str,
+    batch: ValidatedBatch,
+    shards: list[ShardSpec],
+    inference: InferenceReport,
+    model: ModelRecord,
+    engine: dict[str, Any],
+    engine_params_in_version: dict[str, Any],
+    created_at: datetime,
+    timings: dict[str, float],
+) -> Manifest:
+    """Merge validation errors and shard results into the output/error files and the manifest."""
+    store = ArtifactStore(store_url)
+    paths = store.batch(batch.batch_id, batch.version)
+    rows = decode_results(store.read_bytes(batch.invalid_path))
+    outcomes = {o.name: o for o in inference.outcomes}
+    records = []
+    for spec in shards:
+        outcome = outcomes[spec.name]
+        data = store.read_bytes(outcome.results_path)
+        rows.extend(decode_results(data))
+        req_path = paths.shard_requests(spec.name)
+        records.append(
+            ShardRecord(
+                name=spec.name,
+                index=spec.index,
+                num_requests=spec.num_requests,
+                input=FileRecord(path=store.uri(req_path), sha256=spec.sha256, bytes=0, lines=spec.num_requests),
+                results=_record(store, outcome.results_path, data),
+                seconds=None if spec.name in inference.reused_shards else outcome.seconds,
+                reused=spec.name in inference.reused_shards,
+            )
+        )
+    rows.sort(key=lambda r: r.line)
+    lines = [to_output_line(r, version=batch.version) for r in rows]
+    ok = [line for line in lines if line.ok]
+    failed = [line for line in lines if not line.ok]
+    out_bytes, err_bytes = encode_rows(ok), encode_rows(failed)
+    store.write_bytes(paths.output, out_bytes)
+    store.write_bytes(paths.errors, err_bytes)
+    manifest = Manifest(
+        batch_id=batch.batch_id,
+        version=batch.version,
+        endpoint=batch.endpoint,
+        created_at=created_at,
+        completed_at=datetime.now(UTC),
+        input=batch.input,
+        model=model,
+        engine=engine,
+        engine_params_in_version=engine_params_in_version,
+        shards=records,
+        output_file=_record(store, paths.output, out_bytes),
+        error_file=_record(store, paths.errors, err_bytes),
+        request_counts=RequestCounts(total=len(lines), completed=len(ok), failed=len(failed)),
+        usage=total_usage(rows),
+        timings=timings,
+    )
+    store.write_bytes(paths.manifest, manifest.to_json())
+    _report(manifest, ok[:10])
+    get_run_logger().info("published %s: %d ok, %d failed", paths.root, len(ok), len(failed))
+    return manifest
+
+
+def _report(manifest: Manifest, first_rows: list[Any]) -> None:
+    """The run's Prefect artifacts: a markdown summary and a table of the first outputs."""
+    counts, usage = manifest.request_counts, manifest.usage
+    reused = sum(s.reused for s in manifest.shards)
+    create_markdown_artifact(
+        key=f"batch-{manifest.batch_id}".lower().replace("_", "-")[:64],
+        description=f"nightshift batch {manifest.batch_id} version {manifest.version}",
+        markdown="\n".join(
+            [
+                f"# Batch `{manifest.batch_id}` — version `{manifest.version}`",
+                "",
+                "| requests | completed | failed | prompt tokens | completion tokens | shards (reused) |",
+                "|---|---|---|---|---|---|",
+                f"| {counts.total} | {counts.completed} | {counts.failed} | {usage.prompt_tokens} "
+                f"| {usage.completion_tokens} | {len(manifest.shards)} ({reused}) |",
+                "",
+                f"- model: `{manifest.model.name}` (`{manifest.model.sha256[:12]}`)",
+                f"- output: `{manifest.output_file.path}`",
+                f"- errors: `{manifest.error_file.path}`",
+                f"- input sha256: `{manifest.input.sha256}`",
+            ]
+        ),
+    )
+    table = []
+    for line in first_rows:
+        body = line.response.body if line.response else {}
+        choice = (body.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        table.append({"custom_id": line.custom_id, "output": text[:120], "finish_reason": choice.get("finish_reason")})
+    if table:
+        create_table_artifact(table=table, description=f"First outputs of batch {manifest.batch_id}")

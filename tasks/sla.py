@@ -1,0 +1,46 @@
+"""check-sla: judge the finished batch against its tier's deadline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import get_run_logger, task
+
+from nightshift.core.artifacts import Manifest
+from nightshift.core.sla import SLAReport, Tier, sla_report
+from nightshift.settings import SLAConfig
+from nightshift.storage import ArtifactStore
+
+
+@task(name="check-sla")
+def check_sla(
+    store_url: str,
+    manifest: Manifest,
+    tier: Tier,
+    submitted_at: datetime,
+    engine_requests: int,
+    engine_tokens: int,
+    busy_seconds: float,
+    sla: SLAConfig,
+) -> SLAReport:
+    """Record whether the batch met its tier's deadline, the slack left and the throughput."""
+    finished = datetime.now(UTC)
+    report = sla_report(
+        tier=tier,
+        submitted_at=submitted_at,
+        finished_at=finished,
+        requests=engine_requests,
+        tokens=engine_tokens,
+        busy_seconds=busy_seconds,
+        tier_hours=sla.hours(),
+    )
+    store = ArtifactStore(store_url)
+    store.write_bytes(store.batch(manifest.batch_id, manifest.version).sla, report.model_dump_json(indent=2).encode())
+    get_run_logger().info(
+        "SLA %s: %s with %.0fs slack (%.2f req/s)",
+        tier.value,
+        "met" if report.met else "BREACHED",
+        report.slack_seconds,
+        report.requests_per_second,
+    )
+    return report

@@ -1,0 +1,89 @@
+"""Shared session fixtures: one tiny model, one local Ray, one real Prefect server on loopback.
+
+Everything a test needs is started here, bound to 127.0.0.1, and stopped by its own handle.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Set before vllm/ray/prefect are imported anywhere in the session.
+os.environ.update(
+    {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+)
+
+#: Context length the tests give the tiny model; a prompt over it is an error line.
+TEST_MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-style model with a real BPE tokenizer, built once per session."""
+    from nightshift.engine.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray for the session (prefect-ray's runner reuses a connected Ray)."""
+    import ray
+
+    from nightshift.engine.runner import ray_init_kwargs
+    from nightshift.settings import RayConfig
+
+    temp = Path("/tmp") / f"ns-ray-{os.getpid()}"  # Ray's socket paths must stay short
+    ray.init(**ray_init_kwargs(RayConfig(num_cpus=2, temp_dir=temp)))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 for the session, with this process pointed at it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nightshift.services import local_prefect_server
+
+    with (
+        local_prefect_server(tmp_path_factory.mktemp("prefect"), ui=False) as url,
+        temporary_settings(updates={PREFECT_API_URL: url}),
+    ):
+        yield url
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> str:
+    """An empty local artifact store for one test."""
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def engine_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path, store_root: str) -> dict[str, str]:
+    """Settings for a flow run on the tiny model, as a deployment would set them (environment)."""
+    env = {
+        "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
+        "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": str(TEST_MAX_MODEL_LEN),
+        "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
+        "NIGHTSHIFT_STORAGE_ROOT": store_root,
+        "NIGHTSHIFT_STORAGE_SHARD_SIZE": "10",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -1,0 +1,109 @@
+"""The real flow: real Prefect server, local Ray, real vLLM on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from batchfiles import read_jsonl, write_batch
+
+from nightshift.core.protocol import BatchRequestOutput, ChatCompletion
+
+pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
+
+
+def _engine_requests_served() -> int:
+    """Requests answered by every warm engine actor (counted at the adapter, inside the actor)."""
+    import ray
+
+    from nightshift.engine.runner import NAMESPACE
+
+    total = 0
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith("engine-"):
+            total += ray.get(ray.get_actor(entry["name"], namespace=NAMESPACE).info.remote())["requests_served"]
+    return total
+
+
+def _run(path: Path, **kw):
+    from flows.batch import BatchRunParameters, process_batch
+
+    return process_batch(BatchRunParameters(input_uri=str(path), **kw))
+
+
+def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
+    src = tmp_path / "mixed.jsonl"
+    write_batch(src, 47, ["invalid_json", "unknown_url", "bad_body"])
+    result = _run(src, tier="premium")
+
+    out, err = read_jsonl(result.output_uri), read_jsonl(result.error_uri)
+    assert (len(out), len(err)) == (47, 3)
+    assert result.request_counts.model_dump() == {"total": 50, "completed": 47, "failed": 3}
+    parsed = [BatchRequestOutput.model_validate(o) for o in out + err]
+    ids = [p.custom_id for p in parsed]
+    assert sorted(i for i in ids if i) == sorted([f"req-{i:03d}" for i in range(47)] + ["bad-url", "bad-body"])
+    assert ids.count(None) == 1  # the line that is not JSON has no readable custom_id
+    assert {e["error"]["line"] for e in err} == {4, 11, 18}
+    for line in parsed[:47]:
+        body = ChatCompletion.model_validate(line.response.body)
+        assert body.usage.completion_tokens == 8 and body.usage.prompt_tokens > 0
+    assert out == sorted(out, key=lambda o: int(o["custom_id"][4:]))  # input order
+
+    manifest = json.loads(Path(result.manifest_uri.removeprefix("file://")).read_text())
+    assert manifest["request_counts"] == {"total": 50, "completed": 47, "failed": 3}
+    assert manifest["usage"]["completion_tokens"] == 47 * 8
+    assert len(manifest["shards"]) == 5 and manifest["version"] == result.version
+    assert result.sla.met and result.sla.tier.value == "premium"
+
+
+def test_greedy_outputs_equal_llm_chat(tmp_path, engine_env, tiny_model):
+    from vllm import LLM, SamplingParams
+
+    src = tmp_path / "greedy.jsonl"
+    lines = write_batch(src, 12, max_tokens=12)
+    result = _run(src)
+    got = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in read_jsonl(result.output_uri)}
+
+    llm = LLM(model=str(tiny_model), dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+    requests = [json.loads(line) for line in lines]
+    outs = llm.chat([r["body"]["messages"] for r in requests], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)
+    want = {r["custom_id"]: o.outputs[0].text for r, o in zip(requests, outs, strict=True)}
+    assert got == want
+    assert len(set(want.values())) > 1  # different prompts, different answers: a real model ran
+
+
+def test_rerun_reuses_version_and_max_tokens_makes_a_new_one(tmp_path, engine_env):
+    src = tmp_path / "again.jsonl"
+    write_batch(src, 15)
+    first = _run(src)
+    served = _engine_requests_served()
+    second = _run(src)
+    assert second.reused and second.version == first.version
+    assert second.engine_requests == 0 and _engine_requests_served() == served
+    assert read_jsonl(second.output_uri) == read_jsonl(first.output_uri)
+
+    write_batch(src, 15, max_tokens=4)
+    third = _run(src)
+    assert third.version != first.version and not third.reused and third.engine_requests == 15
+    assert Path(first.manifest_uri.removeprefix("file://")).exists()  # the old version stays beside it
+    assert {len(o["response"]["body"]["choices"][0]["message"]["content"]) > 0 for o in read_jsonl(third.output_uri)}
+
+
+def test_crashed_run_keeps_finished_shards_and_resume_computes_only_the_rest(tmp_path, engine_env, store_root):
+    src = tmp_path / "crash.jsonl"
+    write_batch(src, 50)  # 5 shards of 10
+    served = _engine_requests_served()
+    with pytest.raises(Exception, match="fault injected"):
+        _run(src, fail_after_shards=1)
+    done = sorted(Path(store_root).glob("batches/crash/*/shards/*.results.jsonl"))
+    assert 1 <= len(done) < 5
+    assert not list(Path(store_root).glob("batches/crash/*/manifest.json"))
+    crashed_work = _engine_requests_served() - served
+
+    result = _run(src)
+    assert result.reused_shards == len(done)
+    assert result.engine_requests == 50 - 10 * len(done)
+    assert _engine_requests_served() - served == crashed_work + result.engine_requests == 50
+    out = read_jsonl(result.output_uri)
+    assert sorted(o["custom_id"] for o in out) == [f"req-{i:03d}" for i in range(50)]
