@@ -138,7 +138,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
                 shards,
                 inference,
                 model,
-                {"backend": engine_cfg.backend, **engine_cfg.model_dump(mode="json")},
+                engine_cfg.model_dump(mode="json"),
                 engine_cfg.output_params(),
                 created_at,
                 timings,

@@ -21,6 +21,11 @@ app = typer.Typer(help="nightshift: SLA-aware offline batch inference on vLLM, R
 console = Console()
 
 
+@app.callback()
+def _root() -> None:
+    """Keeps ``run`` a subcommand while it is the only one (typer collapses single commands)."""
+
+
 @contextlib.contextmanager
 def _prefect_api(settings: Settings) -> Any:
     """Use the configured Prefect API, or run a local server for the duration of the command."""
@@ -37,6 +42,10 @@ def _prefect_api(settings: Settings) -> Any:
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
+            # Ship buffered run logs while the server is still up.
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()
     finally:
         server.__exit__(None, None, None)
 
@@ -110,9 +119,10 @@ def _print_summary(result: Any) -> None:
         f"{sla.tier.value}: {'met' if sla.met else 'BREACHED'} ({sla.slack_seconds / 3600:.1f} h slack)",
     )
     console.print(table)
-    console.print(f"output:   {result.output_uri}")
-    console.print(f"errors:   {result.error_uri}")
-    console.print(f"manifest: {result.manifest_uri}")
+    # Paths are printed unwrapped so they can be copied from any terminal width.
+    console.print(f"output:   {result.output_uri}", soft_wrap=True)
+    console.print(f"errors:   {result.error_uri}", soft_wrap=True)
+    console.print(f"manifest: {result.manifest_uri}", soft_wrap=True)
 
 
 def main() -> None:

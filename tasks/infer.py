@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from nightshift.core.errors import EngineError
 from nightshift.core.sharding import ShardSpec
-from nightshift.engine.runner import EngineSpec, ShardOutcome, read_outcome, run_shards
+from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
 from nightshift.storage import ArtifactStore
 
 
@@ -42,7 +42,14 @@ def run_inference(
             outcomes.append(read_outcome(store, spec.name, results))
             reused.append(spec.name)
         else:
-            jobs.append((spec.name, paths.shard_requests(spec.name), results))
+            jobs.append(
+                ShardJob(
+                    name=spec.name,
+                    requests_path=paths.shard_requests(spec.name),
+                    results_path=results,
+                    num_requests=spec.num_requests,
+                )
+            )
     if reused:
         log.info("resuming: %d of %d shards already finished", len(reused), len(shards))
 
@@ -56,7 +63,13 @@ def run_inference(
             raise EngineError(f"fault injected after {done} shard(s) (fail_after_shards={fail_after_shards})")
 
     started = time.perf_counter()
-    fresh = run_shards(engine, store, jobs, on_done=on_done) if jobs else []
+    fresh: list[ShardOutcome] = []
+    if jobs and engine.config.backend == "ray-data-llm":
+        from nightshift.engine.ray_data_llm import run_shards_ray_data
+
+        fresh = run_shards_ray_data(engine, store, jobs, on_done=on_done)
+    elif jobs:
+        fresh = run_shards(engine, store, jobs, on_done=on_done)
     return InferenceReport(
         outcomes=outcomes + fresh,
         reused_shards=reused,

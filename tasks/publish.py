@@ -58,7 +58,7 @@ def publish_results(
                 name=spec.name,
                 index=spec.index,
                 num_requests=spec.num_requests,
-                input=FileRecord(path=store.uri(req_path), sha256=spec.sha256, bytes=0, lines=spec.num_requests),
+                input=FileRecord(path=store.uri(req_path), sha256=spec.sha256, bytes=spec.bytes, lines=spec.num_requests),
                 results=_record(store, outcome.results_path, data),
                 seconds=None if spec.name in inference.reused_shards else outcome.seconds,
                 reused=spec.name in inference.reused_shards,

@@ -23,6 +23,7 @@ class ShardSpec(BaseModel):
     last_line: int
     num_requests: int
     sha256: str
+    bytes: int
 
 
 def shard_name(index: int) -> str:
@@ -55,6 +56,7 @@ def plan_shards(requests: Sequence[ValidRequest], shard_size: int) -> list[tuple
             last_line=chunk[-1].line,
             num_requests=len(chunk),
             sha256=sha256_bytes(data),
+            bytes=len(data),
         )
         shards.append((spec, data))
     return shards

@@ -147,7 +147,28 @@ def release_engine(spec: EngineSpec) -> None:
         ray.kill(ray.get_actor(spec.actor_name(), namespace=NAMESPACE))
 
 
-ShardJob = tuple[str, str, str]  # (name, requests path, results path)
+def release_all_engines() -> int:
+    """Stop every warm engine actor on the cluster (frees their CPU/GPU reservations)."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == NAMESPACE and a["name"].startswith("engine-")
+    ]
+    for name in names:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    return len(names)
+
+
+class ShardJob(BaseModel):
+    """A shard to compute: where its requests are and where its results go."""
+
+    name: str
+    requests_path: str
+    results_path: str
+    num_requests: int
 
 
 def run_shards(
@@ -173,8 +194,8 @@ def run_shards(
     try:
         while pending or running:
             while pending and len(running) < in_flight:
-                name, req, res = pending.pop(0)
-                running[actor.run_shard.remote(store.url, name, req, res)] = name
+                job = pending.pop(0)
+                running[actor.run_shard.remote(store.url, job.name, job.requests_path, job.results_path)] = job.name
             done, _ = ray.wait(list(running), num_returns=1)
             running.pop(done[0])
             outcome: ShardOutcome = ray.get(done[0])

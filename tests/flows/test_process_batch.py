@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     assert manifest["usage"]["completion_tokens"] == 47 * 8
     assert len(manifest["shards"]) == 5 and manifest["version"] == result.version
     assert result.sla.met and result.sla.tier.value == "premium"
+    # every hash in the manifest is the hash of the bytes on disk
+    files = [manifest["input"], manifest["output_file"], manifest["error_file"]]
+    files += [s["input"] for s in manifest["shards"]] + [s["results"] for s in manifest["shards"]]
+    for record in files:
+        data = Path(record["path"].removeprefix("file://")).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
+    assert manifest["input"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def test_greedy_outputs_equal_llm_chat(tmp_path, engine_env, tiny_model):
@@ -107,3 +115,23 @@ def test_crashed_run_keeps_finished_shards_and_resume_computes_only_the_rest(tmp
     assert _engine_requests_served() - served == crashed_work + result.engine_requests == 50
     out = read_jsonl(result.output_uri)
     assert sorted(o["custom_id"] for o in out) == [f"req-{i:03d}" for i in range(50)]
+
+
+def test_ray_data_llm_backend_gives_the_same_greedy_outputs(tmp_path, engine_env, monkeypatch):
+    src = tmp_path / "rdl.jsonl"
+    write_batch(src, 12, ["bad_body"], max_tokens=6)
+    from nightshift.engine.runner import release_all_engines
+
+    actor = _run(src)
+    # Ray Data's engine needs the CPU the warm actor reserves on this 2-CPU cluster.
+    assert release_all_engines() >= 1
+    monkeypatch.setenv("NIGHTSHIFT_ENGINE_BACKEND", "ray-data-llm")
+    monkeypatch.setenv("NIGHTSHIFT_STORAGE_ROOT", str(tmp_path / "rdl-store"))
+    rdl = _run(src)
+    assert rdl.version == actor.version  # the backend changes speed, not results
+    assert _engine_requests_served() == 0  # no warm actor was started: Ray Data ran the engine
+    out_a, out_r = read_jsonl(actor.output_uri), read_jsonl(rdl.output_uri)
+    assert len(out_r) == 12 and len(read_jsonl(rdl.error_uri)) == 1
+    text = lambda rows: [(o["custom_id"], o["response"]["body"]["choices"][0]["message"]["content"]) for o in rows]  # noqa: E731
+    assert text(out_r) == text(out_a)
+    assert rdl.usage == actor.usage
