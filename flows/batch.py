@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 from prefect_ray.task_runners import RayTaskRunner
 from pydantic import BaseModel, Field
@@ -52,6 +53,7 @@ class BatchRunResult(BaseModel):
 
     batch_id: str
     version: str
+    flow_run_id: str | None = Field(default=None, description="The Prefect flow run that produced this result.")
     reused: bool = Field(description="True when this version was already published and nothing ran.")
     output_uri: str
     error_uri: str
@@ -149,6 +151,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
         ).result()
 
     return BatchRunResult(
+        flow_run_id=flow_run.get_id(),
         batch_id=batch_id,
         version=batch.version,
         reused=batch.published,

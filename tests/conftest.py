@@ -59,6 +59,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server on 127.0.0.1 for the session, with this process pointed at it."""
+    from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from nightshift.services import local_prefect_server
@@ -68,6 +69,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         temporary_settings(updates={PREFECT_API_URL: url}),
     ):
         yield url
+        APILogHandler().flush()  # ship buffered run logs before the server stops
 
 
 @pytest.fixture

@@ -125,7 +125,11 @@ def run_shards_ray_data(
         preprocess_map_kwargs={"num_cpus": 0.1},
         postprocess_map_kwargs={"num_cpus": 0.1},
     )
-    ds = ray.data.read_text([store.fs.unstrip_protocol(j.requests_path) for j in jobs], include_paths=True)
+    # Reading a shard is light: at Ray Data's default of one CPU per read task the read would wait
+    # behind the engine's reservation on a small node and the stream would never start.
+    ds = ray.data.read_text(
+        [store.fs.unstrip_protocol(j.requests_path) for j in jobs], include_paths=True, ray_remote_args={"num_cpus": 0.1}
+    )
     pending: dict[str, list[ResultRow]] = defaultdict(list)
     outcomes: list[ShardOutcome] = []
     started = time.perf_counter()
