@@ -26,7 +26,7 @@ from nightshift.storage import ArtifactStore
 from tasks.infer import run_inference
 from tasks.model import resolve_model_task
 from tasks.publish import publish_results
-from tasks.shard import shard_requests
+from tasks.shard import plan_shards_task
 from tasks.sla import check_sla
 from tasks.validate import validate_input
 
@@ -43,6 +43,7 @@ class BatchRunParameters(BaseModel):
     model: str | None = Field(default=None, description="Model folder or embedded model name; defaults to settings.")
     shard_size: int | None = Field(default=None, ge=1, description="Requests per shard; defaults to settings.")
     submitted_at: datetime | None = Field(default=None, description="When the batch was submitted; defaults to now.")
+    use_cache: bool = Field(default=True, description="Answer deterministic requests seen before from the request cache.")
     fail_after_shards: int | None = Field(
         default=None, ge=1, description="Fault injection for resume drills: fail the run after N new shards."
     )
@@ -61,6 +62,7 @@ class BatchRunResult(BaseModel):
     request_counts: RequestCounts
     usage: Usage
     engine_requests: int = Field(description="Requests sent to the engine in this run.")
+    cache_hits: int = Field(description="Requests of this version answered from the request cache.")
     reused_shards: int
     sla: SLAReport
 
@@ -88,7 +90,8 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
     settings = Settings()
     submitted_at = params.submitted_at or datetime.now(UTC)
     created_at = datetime.now(UTC)
-    store_url = ArtifactStore(settings.storage.root).url
+    storage = settings.storage.resolved()
+    store = ArtifactStore.from_config(storage)
     batch_id = params.batch_id or default_batch_id(params.input_uri)
     engine_cfg = settings.engine
     timings: dict[str, float] = {}
@@ -104,19 +107,26 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
 
         t = time.perf_counter()
         batch = validate_input.submit(
-            params.input_uri, batch_id, params.endpoint, model.source, model.sha256, engine_cfg, settings.limits, store_url
+            params.input_uri, batch_id, params.endpoint, model.source, model.sha256, engine_cfg, settings.limits, storage
         ).result()
         timings["validate_s"] = time.perf_counter() - t
-        paths = ArtifactStore(store_url).batch(batch_id, batch.version)
+        paths = store.batch(batch_id, batch.version)
 
         engine_requests, engine_tokens, busy, reused_shards = 0, 0, 0.0, 0
         if batch.published:
             log.info("version %s of %s is already published; reusing it", batch.version, batch_id)
-            manifest = Manifest.model_validate_json(ArtifactStore(store_url).read_bytes(paths.manifest))
+            manifest = Manifest.model_validate_json(store.read_bytes(paths.manifest))
         else:
             t = time.perf_counter()
-            shards = shard_requests.submit(
-                store_url, batch_id, batch.version, batch.valid_path, params.shard_size or settings.storage.shard_size
+            plan = plan_shards_task.submit(
+                storage,
+                batch_id,
+                batch.version,
+                batch.valid_path,
+                params.shard_size or settings.storage.shard_size,
+                model.sha256,
+                engine_cfg.output_params(),
+                params.use_cache,
             ).result()
             timings["shard_s"] = time.perf_counter() - t
 
@@ -127,7 +137,9 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
                 config=engine_cfg,
             )
             t = time.perf_counter()
-            inference = run_inference.submit(store_url, batch_id, batch.version, shards, spec, params.fail_after_shards).result()
+            inference = run_inference.submit(
+                storage, batch_id, batch.version, plan.shards, spec, params.fail_after_shards
+            ).result()
             timings["infer_s"] = busy = time.perf_counter() - t
             engine_requests = inference.engine_requests
             reused_shards = len(inference.reused_shards)
@@ -135,9 +147,9 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
             engine_tokens = sum(o.usage.total_tokens for o in fresh)
 
             manifest = publish_results.submit(
-                store_url,
+                storage,
                 batch,
-                shards,
+                plan,
                 inference,
                 model,
                 engine_cfg.model_dump(mode="json"),
@@ -147,7 +159,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
             ).result()
 
         sla = check_sla.submit(
-            store_url, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla
+            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla
         ).result()
 
     return BatchRunResult(
@@ -157,10 +169,11 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
         reused=batch.published,
         output_uri=manifest.output_file.path,
         error_uri=manifest.error_file.path,
-        manifest_uri=ArtifactStore(store_url).uri(paths.manifest),
+        manifest_uri=store.uri(paths.manifest),
         request_counts=manifest.request_counts,
         usage=manifest.usage,
         engine_requests=engine_requests,
+        cache_hits=manifest.cache.hits,
         reused_shards=reused_shards,
         sla=sla,
     )

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from nightshift.core.sla import Tier
-from nightshift.settings import Settings
+from nightshift.settings import Settings, StorageConfig
 
 app = typer.Typer(help="nightshift: SLA-aware offline batch inference on vLLM, Ray and Prefect.", no_args_is_help=True)
 console = Console()
@@ -50,11 +50,11 @@ def _prefect_api(settings: Settings) -> Any:
         server.__exit__(None, None, None)
 
 
-def _watch_shards(store_root: str, batch_id: str, stop: threading.Event) -> None:
+def _watch_shards(storage: StorageConfig, batch_id: str, stop: threading.Event) -> None:
     """Show shard progress by watching the store (the flow writes each shard when done)."""
     from nightshift.storage import ArtifactStore
 
-    store = ArtifactStore(store_root)
+    store = ArtifactStore.from_config(storage)
     base = f"{store.root}/batches/{batch_id}"
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -93,7 +93,7 @@ def run(
         params = BatchRunParameters(input_uri=file, batch_id=batch_id, tier=tier, model=model, shard_size=shard_size)
         stop = threading.Event()
         watcher = threading.Thread(
-            target=_watch_shards, args=(settings.storage.root, batch_id or default_batch_id(file), stop), daemon=True
+            target=_watch_shards, args=(settings.storage, batch_id or default_batch_id(file), stop), daemon=True
         )
         watcher.start()
         try:

@@ -75,10 +75,39 @@ class RayConfig(BaseModel):
 
 
 class StorageConfig(BaseModel):
-    """Where batches and their artifacts live (any fsspec URL: a folder, file://, s3://)."""
+    """Where batches and their artifacts live (any fsspec URL: a folder, file://, s3://).
+
+    Holds no secrets: S3 credentials come from the environment (``AWS_ACCESS_KEY_ID``...),
+    a profile or the instance role, as boto does everywhere else.
+    """
 
     root: str = Field(default=str(DEFAULT_HOME / "store"), description="Root URL of the artifact store.")
     shard_size: int = Field(default=256, ge=1, le=1_000_000, description="Requests per shard.")
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, moto...).")
+    region: str | None = Field(default=None, description="S3 region name.")
+    retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Days a batch version and its cache entries are kept after their last write; cleanup deletes older ones.",
+    )
+
+    def storage_options(self, url: str | None = None) -> dict[str, object]:
+        """fsspec options for ``url`` (default: the root); only s3:// URLs take any."""
+        if not (url or self.root).startswith(("s3://", "s3a://")):
+            return {}
+        client: dict[str, object] = {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        # Listings are not cached: the engine actor writes shard results the driver then checks.
+        return {"client_kwargs": client, "use_listings_cache": False}
+
+    def resolved(self) -> StorageConfig:
+        """The same config with a local root made absolute (Ray workers have another cwd)."""
+        if "://" in self.root:
+            return self
+        return self.model_copy(update={"root": str(Path(self.root).absolute())})
 
 
 class LimitsConfig(BaseModel):

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from nightshift.core.errors import EngineError
 from nightshift.core.sharding import ShardSpec
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
+from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 
 
@@ -22,7 +23,7 @@ class InferenceReport(BaseModel):
 
 @task(name="run-inference")
 def run_inference(
-    store_url: str,
+    storage: StorageConfig,
     batch_id: str,
     version: str,
     shards: list[ShardSpec],
@@ -33,7 +34,7 @@ def run_inference(
     import time
 
     log = get_run_logger()
-    store = ArtifactStore(store_url)
+    store = ArtifactStore.from_config(storage)
     paths = store.batch(batch_id, version)
     reused, jobs, outcomes = [], [], []
     for spec in shards:
@@ -67,9 +68,9 @@ def run_inference(
     if jobs and engine.config.backend == "ray-data-llm":
         from nightshift.engine.ray_data_llm import run_shards_ray_data
 
-        fresh = run_shards_ray_data(engine, store, jobs, on_done=on_done)
+        fresh = run_shards_ray_data(engine, storage, jobs, on_done=on_done)
     elif jobs:
-        fresh = run_shards(engine, store, jobs, on_done=on_done)
+        fresh = run_shards(engine, storage, jobs, on_done=on_done)
     return InferenceReport(
         outcomes=outcomes + fresh,
         reused_shards=reused,

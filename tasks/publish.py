@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from nightshift.core.artifacts import (
+    CacheStats,
     FileRecord,
     Manifest,
     ModelRecord,
@@ -19,10 +20,13 @@ from nightshift.core.artifacts import (
     to_output_line,
     total_usage,
 )
+from nightshift.core.cache import CacheEntry
 from nightshift.core.hashing import sha256_bytes
-from nightshift.core.sharding import ShardSpec
+from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
+from nightshift.storage.cache import ResultCache
 from tasks.infer import InferenceReport
+from tasks.shard import ShardPlan
 from tasks.validate import ValidatedBatch
 
 
@@ -32,9 +36,9 @@ def _record(store: ArtifactStore, path: str, data: bytes) -> FileRecord:
 
 @task(name="publish-results", retries=2, retry_delay_seconds=2)
 def publish_results(
-    store_url: str,
+    storage: StorageConfig,
     batch: ValidatedBatch,
-    shards: list[ShardSpec],
+    plan: ShardPlan,
     inference: InferenceReport,
     model: ModelRecord,
     engine: dict[str, Any],
@@ -43,15 +47,29 @@ def publish_results(
     timings: dict[str, float],
 ) -> Manifest:
     """Merge validation errors and shard results into the output/error files and the manifest."""
-    store = ArtifactStore(store_url)
+    store = ArtifactStore.from_config(storage)
     paths = store.batch(batch.batch_id, batch.version)
-    rows = decode_results(store.read_bytes(batch.invalid_path))
+    rows = decode_results(store.read_bytes(batch.invalid_path)) + decode_results(store.read_bytes(plan.cached_path))
     outcomes = {o.name: o for o in inference.outcomes}
-    records = []
-    for spec in shards:
+    records, new_entries = [], []
+    now = datetime.now(UTC)
+    for spec in plan.shards:
         outcome = outcomes[spec.name]
         data = store.read_bytes(outcome.results_path)
-        rows.extend(decode_results(data))
+        shard_rows = decode_results(data)
+        rows.extend(shard_rows)
+        new_entries += [
+            CacheEntry(
+                key=r.cache_key,
+                batch_id=batch.batch_id,
+                version=batch.version,
+                results_path=outcome.results_path,
+                line=r.line,
+                created_at=now,
+            )
+            for r in shard_rows
+            if r.cache_key and r.error is None and r.body is not None
+        ]
         req_path = paths.shard_requests(spec.name)
         records.append(
             ShardRecord(
@@ -85,10 +103,13 @@ def publish_results(
         output_file=_record(store, paths.output, out_bytes),
         error_file=_record(store, paths.errors, err_bytes),
         request_counts=RequestCounts(total=len(lines), completed=len(ok), failed=len(failed)),
+        cache=CacheStats(cacheable=plan.cacheable, hits=plan.cache_hits),
         usage=total_usage(rows),
         timings=timings,
     )
     store.write_bytes(paths.manifest, manifest.to_json())
+    # Entries are written after the manifest: they point at results that are now published.
+    ResultCache(store).record(new_entries)
     _report(manifest, ok[:10])
     get_run_logger().info("published %s: %d ok, %d failed", paths.root, len(ok), len(failed))
     return manifest
@@ -105,9 +126,9 @@ def _report(manifest: Manifest, first_rows: list[Any]) -> None:
             [
                 f"# Batch `{manifest.batch_id}` — version `{manifest.version}`",
                 "",
-                "| requests | completed | failed | prompt tokens | completion tokens | shards (reused) |",
-                "|---|---|---|---|---|---|",
-                f"| {counts.total} | {counts.completed} | {counts.failed} | {usage.prompt_tokens} "
+                "| requests | completed | failed | cache hits | prompt tokens | completion tokens | shards (reused) |",
+                "|---|---|---|---|---|---|---|",
+                f"| {counts.total} | {counts.completed} | {counts.failed} | {manifest.cache.hits} | {usage.prompt_tokens} "
                 f"| {usage.completion_tokens} | {len(manifest.shards)} ({reused}) |",
                 "",
                 f"- model: `{manifest.model.name}` (`{manifest.model.sha256[:12]}`)",

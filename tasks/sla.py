@@ -8,13 +8,13 @@ from prefect import get_run_logger, task
 
 from nightshift.core.artifacts import Manifest
 from nightshift.core.sla import SLAReport, Tier, sla_report
-from nightshift.settings import SLAConfig
+from nightshift.settings import SLAConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 
 
 @task(name="check-sla")
 def check_sla(
-    store_url: str,
+    storage: StorageConfig,
     manifest: Manifest,
     tier: Tier,
     submitted_at: datetime,
@@ -34,7 +34,7 @@ def check_sla(
         busy_seconds=busy_seconds,
         tier_hours=sla.hours(),
     )
-    store = ArtifactStore(store_url)
+    store = ArtifactStore.from_config(storage)
     store.write_bytes(store.batch(manifest.batch_id, manifest.version).sla, report.model_dump_json(indent=2).encode())
     get_run_logger().info(
         "SLA %s: %s with %.0fs slack (%.2f req/s)",

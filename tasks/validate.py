@@ -9,7 +9,7 @@ from nightshift.core import validation
 from nightshift.core.artifacts import FileRecord, ResultRow, compute_version, encode_rows
 from nightshift.core.hashing import sha256_bytes
 from nightshift.core.protocol import BatchError, Endpoint
-from nightshift.settings import EngineConfig, LimitsConfig
+from nightshift.settings import EngineConfig, LimitsConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 from nightshift.storage.io import read_uri
 
@@ -38,13 +38,13 @@ def validate_input(
     model_sha256: str,
     engine: EngineConfig,
     limits: LimitsConfig,
-    store_url: str,
+    storage: StorageConfig,
 ) -> ValidatedBatch:
     """Check every line of the batch file; stage valid requests and error rows under its version."""
-    store = ArtifactStore(store_url)
+    store = ArtifactStore.from_config(storage)
     from nightshift.engine.tokens import build_token_counter
 
-    data = read_uri(input_uri)
+    data = read_uri(input_uri, **storage.storage_options(input_uri))
     lines = validation.read_lines(data, uri=input_uri, max_lines=limits.max_lines, max_bytes=limits.max_bytes)
     result = validation.validate_lines(
         lines,

@@ -24,6 +24,10 @@ os.environ.update(
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        # Dummy credentials for the loopback S3 server; set before Ray starts so workers inherit them.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
     }
 )
 
@@ -70,6 +74,36 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ):
         yield url
         APILogHandler().flush()  # ship buffered run logs before the server stops
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, for the session."""
+    from moto.server import ThreadedMotoServer
+
+    from nightshift.services import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the loopback S3 server; returns its s3:// URL."""
+    import uuid
+
+    import s3fs
+
+    name = f"ns-{uuid.uuid4().hex[:16]}"
+    # No region here: s3fs would send LocationConstraint=us-east-1, which S3 (and moto) refuse.
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ class ResultRow(BaseModel):
     body: dict[str, Any] | None = None
     error: BatchError | None = None
     usage: Usage = Field(default_factory=Usage)
+    cache_key: str | None = Field(default=None, description="Content key when the request is cacheable.")
+    cached: bool = Field(default=False, description="Answered from the request cache, not the engine.")
 
 
 def encode_rows(rows: Iterable[BaseModel]) -> bytes:
@@ -96,6 +98,13 @@ class ShardRecord(BaseModel):
     reused: bool = Field(default=False, description="Found finished on disk (an earlier, interrupted run).")
 
 
+class CacheStats(BaseModel):
+    """How much of the batch the request cache answered."""
+
+    cacheable: int = Field(description="Valid requests that are deterministic, so cacheable.")
+    hits: int = Field(description="Requests answered from the cache; they never reached the engine.")
+
+
 class RequestCounts(BaseModel):
     """OpenAI's request_counts: every input line is in exactly one of completed/failed."""
 
@@ -129,6 +138,7 @@ class Manifest(BaseModel):
     output_file: FileRecord
     error_file: FileRecord
     request_counts: RequestCounts
+    cache: CacheStats = Field(default_factory=lambda: CacheStats(cacheable=0, hits=0))
     usage: Usage
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the run that computed it.")
 

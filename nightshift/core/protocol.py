@@ -164,6 +164,7 @@ class ValidRequest(BaseModel):
     url: Endpoint
     body: dict[str, Any]
     prompt_tokens: int | None = Field(default=None, description="Counted at validation, if known.")
+    cache_key: str | None = Field(default=None, description="Request-cache key, when the request is cacheable.")
 
 
 # --------------------------------------------------------------------------- output lines

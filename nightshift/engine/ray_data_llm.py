@@ -25,6 +25,7 @@ from nightshift.core.protocol import BatchError, ChatCompletionRequest, Completi
 from nightshift.engine import sampling
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome
 from nightshift.engine.vllm_engine import CPU_ENV
+from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 
 
@@ -65,7 +66,7 @@ def _preprocess(spec: EngineSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
         req = ValidRequest.model_validate_json(row["text"])
         shard = str(row["path"]).rsplit("/", 1)[-1].removesuffix(".requests.jsonl")
         body: ChatCompletionRequest | CompletionRequest
-        out: dict[str, Any] = {"shard": shard, "line": req.line, "custom_id": req.custom_id}
+        out: dict[str, Any] = {"shard": shard, "line": req.line, "custom_id": req.custom_id, "cache_key": req.cache_key or ""}
         if req.url is Endpoint.CHAT_COMPLETIONS:
             body = ChatCompletionRequest.model_validate(req.body)
             out["messages"] = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -99,6 +100,7 @@ def _postprocess(spec: EngineSpec) -> Callable[[dict[str, Any]], dict[str, Any]]
                 choices=[(str(row["generated_text"]), generated, reason)],
             )
             result = ResultRow(line=line, custom_id=cid, body=body.model_dump(), usage=body.usage)
+        result.cache_key = str(row["cache_key"]) or None
         return {"shard": row["shard"], "result": result.model_dump_json()}
 
     return post
@@ -106,7 +108,7 @@ def _postprocess(spec: EngineSpec) -> Callable[[dict[str, Any]], dict[str, Any]]
 
 def run_shards_ray_data(
     spec: EngineSpec,
-    store: ArtifactStore,
+    storage: StorageConfig,
     jobs: Sequence[ShardJob],
     *,
     on_done: Callable[[ShardOutcome], None] | None = None,
@@ -117,6 +119,9 @@ def run_shards_ray_data(
 
     if spec.endpoint is Endpoint.EMBEDDINGS:
         raise NotImplementedError("the ray-data-llm backend serves generation; use the actor backend for embeddings")
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    store = ArtifactStore.from_config(storage)
     expected = {j.name: j for j in jobs}
     processor = build_processor(
         _processor_config(spec),
@@ -128,7 +133,10 @@ def run_shards_ray_data(
     # Reading a shard is light: at Ray Data's default of one CPU per read task the read would wait
     # behind the engine's reservation on a small node and the stream would never start.
     ds = ray.data.read_text(
-        [store.fs.unstrip_protocol(j.requests_path) for j in jobs], include_paths=True, ray_remote_args={"num_cpus": 0.1}
+        [j.requests_path for j in jobs],
+        filesystem=PyFileSystem(FSSpecHandler(store.fs)),  # the store's own fs: endpoint and options included
+        include_paths=True,
+        ray_remote_args={"num_cpus": 0.1},
     )
     pending: dict[str, list[ResultRow]] = defaultdict(list)
     outcomes: list[ShardOutcome] = []

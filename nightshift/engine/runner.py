@@ -22,7 +22,7 @@ from nightshift.core.artifacts import ResultRow, decode_results, encode_rows, to
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.protocol import Endpoint, Usage
 from nightshift.core.sharding import decode_shard
-from nightshift.settings import EngineConfig, RayConfig
+from nightshift.settings import EngineConfig, RayConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class _EngineActor:
     def info(self) -> dict[str, Any]:
         return self.engine.info()
 
-    def run_shard(self, store_url: str, name: str, requests_path: str, results_path: str) -> ShardOutcome:
-        store = ArtifactStore(store_url)
+    def run_shard(self, storage: StorageConfig, name: str, requests_path: str, results_path: str) -> ShardOutcome:
+        store = ArtifactStore.from_config(storage)
         requests = decode_shard(store.read_bytes(requests_path))
         started = time.perf_counter()
         rows: list[ResultRow] = self.engine.run(requests)
@@ -173,7 +173,7 @@ class ShardJob(BaseModel):
 
 def run_shards(
     spec: EngineSpec,
-    store: ArtifactStore,
+    storage: StorageConfig,
     jobs: Sequence[ShardJob],
     *,
     on_done: Callable[[ShardOutcome], None] | None = None,
@@ -195,7 +195,7 @@ def run_shards(
         while pending or running:
             while pending and len(running) < in_flight:
                 job = pending.pop(0)
-                running[actor.run_shard.remote(store.url, job.name, job.requests_path, job.results_path)] = job.name
+                running[actor.run_shard.remote(storage, job.name, job.requests_path, job.results_path)] = job.name
             done, _ = ray.wait(list(running), num_returns=1)
             running.pop(done[0])
             outcome: ShardOutcome = ray.get(done[0])

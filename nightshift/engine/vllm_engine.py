@@ -102,6 +102,8 @@ class VLLMEngine:
             log.warning("engine rejected a group of %d requests (%s); retrying one by one", len(requests), exc)
             rows = [self._run_one(r) for r in requests]
         self.requests_served += len(requests)
+        for row, request in zip(rows, requests, strict=True):
+            row.cache_key = request.cache_key
         return rows
 
     # ------------------------------------------------------------------ internals

@@ -5,11 +5,14 @@ Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/
     {root}/batches/{batch_id}/{version}/
         input.jsonl                   the submitted file, byte for byte
         requests.jsonl                its valid requests; invalid.results.jsonl: its bad lines
+        cached.results.jsonl          answers taken from the request cache
+        plan.json                     the shard plan, fixed at the first run of the version
         shards/shard-00000.requests.jsonl   valid requests of the shard
         shards/shard-00000.results.jsonl    its results, written when the shard finishes
         output.jsonl  errors.jsonl    OpenAI batch output and error files (input order)
         manifest.json                 written last: its presence means the version is published
         sla.json                      SLA report of the latest run of this version
+    {root}/cache/{key[:2]}/{key}.json  request cache entries (see nightshift.core.cache)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from nightshift.core.errors import StorageError
+from nightshift.settings import StorageConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ class BatchPaths:
     @property
     def invalid(self) -> str:
         return f"{self.root}/invalid.results.jsonl"
+
+    @property
+    def cached(self) -> str:
+        return f"{self.root}/cached.results.jsonl"
+
+    @property
+    def plan(self) -> str:
+        return f"{self.root}/plan.json"
 
     @property
     def shards(self) -> str:
@@ -83,6 +95,11 @@ class ArtifactStore:
         self.url = self.fs.unstrip_protocol(self.root)
         self._atomic_rename = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> ArtifactStore:
+        """The store a ``StorageConfig`` describes."""
+        return cls(config.root, **config.storage_options())
+
     def batch(self, batch_id: str, version: str) -> BatchPaths:
         """Paths of one batch version."""
         return BatchPaths(f"{self.root}/batches/{batch_id}/{version}")
@@ -90,6 +107,13 @@ class ArtifactStore:
     def uri(self, path: str) -> str:
         """A full URL for ``path`` that a user or another process can open."""
         return self.fs.unstrip_protocol(path)
+
+    def sign(self, path: str, expires_in: int = 3600) -> str:
+        """A download link for ``path``: presigned for object stores, the file URL elsewhere."""
+        try:
+            return str(self.fs.sign(path, expiration=expires_in))
+        except NotImplementedError:
+            return self.uri(path)
 
     def exists(self, path: str) -> bool:
         """True when ``path`` exists."""
