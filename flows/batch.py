@@ -17,7 +17,9 @@ from prefect_ray.context import remote_options
 from prefect_ray.task_runners import RayTaskRunner
 from pydantic import BaseModel, Field
 
+from blocks.storage import resolve_storage
 from nightshift.core.artifacts import Manifest, RequestCounts
+from nightshift.core.lineage import Lineage
 from nightshift.core.protocol import Endpoint, Usage
 from nightshift.core.sla import SLAReport, Tier
 from nightshift.engine.runner import EngineSpec, ray_init_kwargs
@@ -43,6 +45,7 @@ class BatchRunParameters(BaseModel):
     model: str | None = Field(default=None, description="Model folder or embedded model name; defaults to settings.")
     shard_size: int | None = Field(default=None, ge=1, description="Requests per shard; defaults to settings.")
     submitted_at: datetime | None = Field(default=None, description="When the batch was submitted; defaults to now.")
+    parent: Lineage | None = Field(default=None, description="Set by retry-failed: the batch version this one retries.")
     use_cache: bool = Field(default=True, description="Answer deterministic requests seen before from the request cache.")
     fail_after_shards: int | None = Field(
         default=None, ge=1, description="Fault injection for resume drills: fail the run after N new shards."
@@ -90,7 +93,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
     settings = Settings()
     submitted_at = params.submitted_at or datetime.now(UTC)
     created_at = datetime.now(UTC)
-    storage = settings.storage.resolved()
+    storage = resolve_storage(settings.storage)
     store = ArtifactStore.from_config(storage)
     batch_id = params.batch_id or default_batch_id(params.input_uri)
     engine_cfg = settings.engine
@@ -156,6 +159,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
                 engine_cfg.output_params(),
                 created_at,
                 timings,
+                params.parent,
             ).result()
 
         sla = check_sla.submit(

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from blocks.storage import resolve_storage
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 from tasks.cleanup import RetentionPlan, delete_expired, find_expired
@@ -55,7 +56,7 @@ def cleanup(params: CleanupParameters | None = None) -> CleanupReport:
     """find-expired → delete-expired (skipped in a dry run) → a markdown report."""
     params = params or CleanupParameters()
     settings = Settings()
-    storage = settings.storage.resolved()
+    storage = resolve_storage(settings.storage)
     store = ArtifactStore.from_config(storage)
     hours = settings.storage.retention_days * 24 if params.max_age_hours is None else params.max_age_hours
 

@@ -21,11 +21,6 @@ app = typer.Typer(help="nightshift: SLA-aware offline batch inference on vLLM, R
 console = Console()
 
 
-@app.callback()
-def _root() -> None:
-    """Keeps ``run`` a subcommand while it is the only one (typer collapses single commands)."""
-
-
 @contextlib.contextmanager
 def _prefect_api(settings: Settings) -> Any:
     """Use the configured Prefect API, or run a local server for the duration of the command."""
@@ -102,6 +97,41 @@ def run(
             stop.set()
             watcher.join(2)
     _print_summary(result)
+
+
+@app.command("retry-failed")
+def retry_failed_cmd(
+    batch_id: Annotated[str, typer.Argument(help="A published batch (its name in the store).")],
+    version: Annotated[str | None, typer.Option(help="Its version (default: the latest published).")] = None,
+    tier: Annotated[Tier, typer.Option(help="SLA tier of the retry.")] = Tier.BASIC,
+) -> None:
+    """Run a batch's failed lines again as BATCH_ID-retry, linked to it in the manifest."""
+    settings = Settings()
+    with _prefect_api(settings):
+        from flows.retry import RetryParameters, retry_failed
+
+        result = retry_failed(RetryParameters(batch_id=batch_id, version=version, tier=tier))
+    _print_summary(result)
+
+
+@app.command()
+def cleanup(
+    older_than_hours: Annotated[
+        float | None, typer.Option(min=0, help="Age limit in hours (default: NIGHTSHIFT_STORAGE_RETENTION_DAYS).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete batch versions and cache entries past their retention."""
+    settings = Settings()
+    with _prefect_api(settings):
+        from flows.cleanup import CleanupParameters
+        from flows.cleanup import cleanup as cleanup_flow
+
+        report = cleanup_flow(CleanupParameters(max_age_hours=older_than_hours, dry_run=dry_run))
+    verb = "would delete" if report.dry_run else "deleted"
+    for uri in report.deleted:
+        console.print(f"{verb}: {uri}", soft_wrap=True)
+    console.print(f"{verb} {len(report.deleted)} versions and {report.cache_entries_deleted} cache entries; kept {report.kept}")
 
 
 def _print_summary(result: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".nightshift")
@@ -77,14 +77,20 @@ class RayConfig(BaseModel):
 class StorageConfig(BaseModel):
     """Where batches and their artifacts live (any fsspec URL: a folder, file://, s3://).
 
-    Holds no secrets: S3 credentials come from the environment (``AWS_ACCESS_KEY_ID``...),
-    a profile or the instance role, as boto does everywhere else.
+    S3 credentials come from the environment (``AWS_ACCESS_KEY_ID``...), a profile or the
+    instance role, as boto does everywhere else, or from a ``NightshiftStorage`` block; when a
+    block fills them in they stay ``SecretStr`` (masked in logs, reprs and task-input dumps).
     """
 
     root: str = Field(default=str(DEFAULT_HOME / "store"), description="Root URL of the artifact store.")
     shard_size: int = Field(default=256, ge=1, le=1_000_000, description="Requests per shard.")
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, moto...).")
     region: str | None = Field(default=None, description="S3 region name.")
+    access_key_id: SecretStr | None = Field(default=None, description="S3 key id; default: the environment/role.")
+    secret_access_key: SecretStr | None = Field(default=None, description="S3 secret; default: the environment/role.")
+    block: str | None = Field(
+        default=None, description="Name of a saved NightshiftStorage block; when set, it replaces the fields above."
+    )
     retention_days: float = Field(
         default=7.0,
         gt=0,
@@ -100,8 +106,11 @@ class StorageConfig(BaseModel):
             client["endpoint_url"] = self.endpoint_url
         if self.region:
             client["region_name"] = self.region
-        # Listings are not cached: the engine actor writes shard results the driver then checks.
-        return {"client_kwargs": client, "use_listings_cache": False}
+        options: dict[str, object] = {"client_kwargs": client, "use_listings_cache": False}
+        # Listings are not cached (above): the engine actor writes shard results the driver then checks.
+        if self.access_key_id and self.secret_access_key:
+            options.update(key=self.access_key_id.get_secret_value(), secret=self.secret_access_key.get_secret_value())
+        return options
 
     def resolved(self) -> StorageConfig:
         """The same config with a local root made absolute (Ray workers have another cwd)."""

@@ -22,6 +22,7 @@ from nightshift.core.artifacts import (
 )
 from nightshift.core.cache import CacheEntry
 from nightshift.core.hashing import sha256_bytes
+from nightshift.core.lineage import Lineage
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 from nightshift.storage.cache import ResultCache
@@ -45,10 +46,16 @@ def publish_results(
     engine_params_in_version: dict[str, Any],
     created_at: datetime,
     timings: dict[str, float],
+    lineage: Lineage | None = None,
 ) -> Manifest:
     """Merge validation errors and shard results into the output/error files and the manifest."""
     store = ArtifactStore.from_config(storage)
     paths = store.batch(batch.batch_id, batch.version)
+    if lineage is None:
+        # A new version of a batch that was published before re-runs the latest of those.
+        earlier = [m for m in store.published(batch.batch_id) if m.version != batch.version]
+        if earlier:
+            lineage = Lineage(parent_batch_id=batch.batch_id, parent_version=earlier[-1].version, relation="rerun")
     rows = decode_results(store.read_bytes(batch.invalid_path)) + decode_results(store.read_bytes(plan.cached_path))
     outcomes = {o.name: o for o in inference.outcomes}
     records, new_entries = [], []
@@ -92,6 +99,7 @@ def publish_results(
     manifest = Manifest(
         batch_id=batch.batch_id,
         version=batch.version,
+        lineage=lineage,
         endpoint=batch.endpoint,
         created_at=created_at,
         completed_at=datetime.now(UTC),

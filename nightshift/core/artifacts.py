@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from nightshift.core.hashing import sha256_bytes, sha256_json
+from nightshift.core.lineage import Lineage
 from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage
 
 MANIFEST_SCHEMA = "nightshift.manifest/v1"
@@ -125,7 +126,7 @@ class Manifest(BaseModel):
     schema_: Literal["nightshift.manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
     batch_id: str
     version: str
-    parent_version: str | None = Field(default=None, description="Lineage: the version this one re-runs.")
+    lineage: Lineage | None = Field(default=None, description="The version this one re-runs or retries.")
     endpoint: Endpoint | None
     status: Literal["completed"] = "completed"
     created_at: datetime

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import fsspec
 from fsspec.core import url_to_fs
 
+from nightshift.core.artifacts import Manifest
 from nightshift.core.errors import StorageError
 from nightshift.settings import StorageConfig
 
@@ -107,6 +108,12 @@ class ArtifactStore:
     def uri(self, path: str) -> str:
         """A full URL for ``path`` that a user or another process can open."""
         return self.fs.unstrip_protocol(path)
+
+    def published(self, batch_id: str) -> list[Manifest]:
+        """Manifests of every published version of ``batch_id``, oldest first."""
+        paths = self.fs.glob(f"{self.root}/batches/{batch_id}/*/manifest.json")
+        manifests = [Manifest.model_validate_json(self.read_bytes(p)) for p in paths]
+        return sorted(manifests, key=lambda m: m.completed_at)
 
     def sign(self, path: str, expires_in: int = 3600) -> str:
         """A download link for ``path``: presigned for object stores, the file URL elsewhere."""

@@ -29,6 +29,10 @@ def _engine_requests_served() -> int:
     return total
 
 
+def _manifest(result) -> dict:
+    return json.loads(Path(result.manifest_uri.removeprefix("file://")).read_text())
+
+
 def _run(path: Path, **kw):
     from flows.batch import BatchRunParameters, process_batch
 
@@ -119,6 +123,8 @@ def test_rerun_reuses_version_and_max_tokens_makes_a_new_one(tmp_path, engine_en
     third = _run(src)
     assert third.version != first.version and not third.reused and third.engine_requests == 15
     assert Path(first.manifest_uri.removeprefix("file://")).exists()  # the old version stays beside it
+    assert _manifest(first)["lineage"] is None
+    assert _manifest(third)["lineage"] == {"parent_batch_id": "again", "parent_version": first.version, "relation": "rerun"}
     assert {len(o["response"]["body"]["choices"][0]["message"]["content"]) > 0 for o in read_jsonl(third.output_uri)}
 
 
@@ -164,3 +170,17 @@ def test_ray_data_llm_backend_gives_the_same_greedy_outputs(tmp_path, engine_env
 
     assert text(out_r) == text(out_a)
     assert rdl.usage == actor.usage
+
+
+def test_retry_failed_builds_a_linked_batch_of_the_error_lines(tmp_path, engine_env):
+    from flows.retry import RetryParameters, retry_failed
+
+    src = tmp_path / "flaky.jsonl"
+    lines = write_batch(src, 9, ["unknown_url", "bad_body"])
+    first = _run(src)
+    retry = retry_failed(RetryParameters(batch_id="flaky"))
+    assert retry.batch_id == "flaky-retry" and retry.request_counts.total == 2
+    manifest = _manifest(retry)
+    assert manifest["lineage"] == {"parent_batch_id": "flaky", "parent_version": first.version, "relation": "retry-failed"}
+    retried = Path(manifest["input"]["path"].removeprefix("file://")).read_text().splitlines()
+    assert retried == [line for line in lines if '"bad-url"' in line or '"bad-body"' in line]

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
 
 def test_mixed_batch_on_s3_and_hashes_match_what_is_read_back(tmp_path, engine_env, monkeypatch, s3_endpoint, s3_bucket):
-    monkeypatch.setenv("NIGHTSHIFT_STORAGE_ROOT", f"{s3_bucket}/store")
-    monkeypatch.setenv("NIGHTSHIFT_STORAGE_ENDPOINT_URL", s3_endpoint)
+    from blocks.storage import NightshiftStorage
+
+    # The store comes from a saved block (root, endpoint, keys); NIGHTSHIFT_STORAGE_ROOT is ignored.
+    block = NightshiftStorage(
+        root=f"{s3_bucket}/store", endpoint_url=s3_endpoint, access_key_id="testing", secret_access_key="testing"
+    )
+    block.save("s3-test-store", overwrite=True)
+    monkeypatch.setenv("NIGHTSHIFT_STORAGE_BLOCK", "s3-test-store")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
     local = tmp_path / "mixed.jsonl"
     write_batch(local, 47, ["invalid_json", "unknown_url", "bad_body"])
@@ -44,7 +50,7 @@ def test_mixed_batch_on_s3_and_hashes_match_what_is_read_back(tmp_path, engine_e
         assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
 
     # a presigned link downloads the output over plain HTTP
-    store = ArtifactStore.from_config(StorageConfig(root=f"{s3_bucket}/store", endpoint_url=s3_endpoint))
+    store = ArtifactStore.from_config(block.to_config(StorageConfig()))
     url = store.sign(result.output_uri, expires_in=60)
     assert "Signature" in url or "X-Amz-Signature" in url
     assert httpx.get(url).content == fs.cat_file(result.output_uri)

@@ -1,0 +1,1 @@
+"""Prefect blocks: where nightshift's outside systems are, with their secrets."""

@@ -1,0 +1,38 @@
+"""Lineage between batch versions: re-runs of a batch and retries of its failed lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Lineage(BaseModel):
+    """The version a batch version was derived from, and how."""
+
+    parent_batch_id: str
+    parent_version: str
+    relation: Literal["rerun", "retry-failed"] = Field(
+        description="'rerun': the same batch with another input, model or settings; "
+        "'retry-failed': a new batch of the parent's error lines."
+    )
+
+
+def failed_lines(error_file: bytes) -> list[int]:
+    """Input line numbers named by an error file's lines, in order, without repeats."""
+    numbers: list[int] = []
+    for raw in error_file.splitlines():
+        if raw.strip():
+            line = (json.loads(raw).get("error") or {}).get("line")
+            if isinstance(line, int) and line not in numbers:
+                numbers.append(line)
+    return numbers
+
+
+def select_lines(data: bytes, numbers: Iterable[int]) -> bytes:
+    """The given 1-based physical lines of ``data``, in file order, as a new JSONL file."""
+    wanted = set(numbers)
+    kept = [text for n, text in enumerate(data.decode("utf-8-sig").splitlines(), start=1) if n in wanted]
+    return "".join(text + "\n" for text in kept).encode()
