@@ -35,4 +35,4 @@ def test_prefect_deploy_registers_the_deployments(prefect_api):
     run = subprocess.run([*prefect, "deploy", "--all"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     listed = subprocess.run([*prefect, "deployment", "ls"], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "process-batch/local" in listed
+    assert "process-batch/local" in listed and "cleanup-batches/daily" in listed
