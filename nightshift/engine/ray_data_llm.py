@@ -19,8 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nightshift.core.artifacts import ResultRow, encode_rows, total_usage
-from nightshift.core.hashing import sha256_bytes
+from nightshift.core.artifacts import ResultRow, encode_rows
 from nightshift.core.protocol import BatchError, ChatCompletionRequest, CompletionRequest, Endpoint, ValidRequest
 from nightshift.engine import sampling
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome
@@ -150,16 +149,7 @@ def run_shards_ray_data(
                 rows.sort(key=lambda r: r.line)
                 data = encode_rows(rows)
                 store.write_bytes(job.results_path, data)
-                outcome = ShardOutcome(
-                    name=job.name,
-                    results_path=job.results_path,
-                    results_sha256=sha256_bytes(data),
-                    results_bytes=len(data),
-                    num_requests=len(rows),
-                    num_errors=sum(r.error is not None for r in rows),
-                    usage=total_usage(rows),
-                    seconds=time.perf_counter() - started,
-                )
+                outcome = ShardOutcome.of(job.name, job.results_path, data, rows, time.perf_counter() - started)
                 outcomes.append(outcome)
                 del pending[str(shard)]
                 if on_done is not None:

@@ -63,6 +63,20 @@ class ShardOutcome(BaseModel):
     usage: Usage
     seconds: float
 
+    @classmethod
+    def of(cls, name: str, results_path: str, data: bytes, rows: Sequence[ResultRow], seconds: float) -> ShardOutcome:
+        """The outcome of a shard whose results file holds ``data`` (the encoding of ``rows``)."""
+        return cls(
+            name=name,
+            results_path=results_path,
+            results_sha256=sha256_bytes(data),
+            results_bytes=len(data),
+            num_requests=len(rows),
+            num_errors=sum(r.error is not None for r in rows),
+            usage=total_usage(rows),
+            seconds=seconds,
+        )
+
 
 def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
     """Arguments for ``ray.init`` (or ``RayTaskRunner(init_kwargs=...)``) from settings."""
@@ -108,16 +122,7 @@ class _EngineActor:
         seconds = time.perf_counter() - started
         data = encode_rows(rows)
         store.write_bytes(results_path, data)
-        return ShardOutcome(
-            name=name,
-            results_path=results_path,
-            results_sha256=sha256_bytes(data),
-            results_bytes=len(data),
-            num_requests=len(rows),
-            num_errors=sum(r.error is not None for r in rows),
-            usage=total_usage(rows),
-            seconds=seconds,
-        )
+        return ShardOutcome.of(name, results_path, data, rows, seconds)
 
 
 def get_engine(spec: EngineSpec) -> Any:
@@ -211,14 +216,4 @@ def run_shards(
 def read_outcome(store: ArtifactStore, name: str, results_path: str) -> ShardOutcome:
     """Rebuild a ``ShardOutcome`` from a results file an earlier run left on disk."""
     data = store.read_bytes(results_path)
-    rows = decode_results(data)
-    return ShardOutcome(
-        name=name,
-        results_path=results_path,
-        results_sha256=sha256_bytes(data),
-        results_bytes=len(data),
-        num_requests=len(rows),
-        num_errors=sum(r.error is not None for r in rows),
-        usage=total_usage(rows),
-        seconds=0.0,
-    )
+    return ShardOutcome.of(name, results_path, data, decode_results(data), 0.0)
