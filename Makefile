@@ -40,6 +40,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/throughput.py
+	$(PY) bench/resubmit.py
 
 clean:
 	rm -rf .nightshift
