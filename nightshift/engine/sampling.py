@@ -69,9 +69,13 @@ def _finish_reason(reason: str | None) -> str | None:
     return reason if reason in ("stop", "length") else None
 
 
+def _usage(prompt_tokens: int, choices: list[tuple[str, int, str | None]]) -> Usage:
+    completion_tokens = sum(c[1] for c in choices)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+
+
 def chat_completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, int, str | None]]) -> ChatCompletion:
     """A chat.completion body from (text, completion tokens, finish reason) per choice."""
-    completion_tokens = sum(c[1] for c in choices)
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -84,15 +88,12 @@ def chat_completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, 
             )
             for i, (text, _, reason) in enumerate(choices)
         ],
-        usage=Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-        ),
+        usage=_usage(prompt_tokens, choices),
     )
 
 
 def completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, int, str | None]]) -> Completion:
     """A text_completion body from (text, completion tokens, finish reason) per choice."""
-    completion_tokens = sum(c[1] for c in choices)
     return Completion(
         id=f"cmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -101,9 +102,7 @@ def completion(*, model: str, prompt_tokens: int, choices: list[tuple[str, int, 
             CompletionChoice(index=i, text=text, finish_reason=_finish_reason(reason))  # type: ignore[arg-type]
             for i, (text, _, reason) in enumerate(choices)
         ],
-        usage=Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-        ),
+        usage=_usage(prompt_tokens, choices),
     )
 
 
