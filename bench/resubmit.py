@@ -27,6 +27,7 @@ from throughput import (  # noqa: E402 - a sibling script, not a package
     BENCH_HOME,
     REPO,
     RESULTS_DIR,
+    add_common_args,
     child_env,
     make_requests,
     resolve_model_path,
@@ -123,10 +124,7 @@ def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="requests per batch (default 1000)")
-    p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name or HF model folder")
-    p.add_argument("--tiny", action="store_true", help="use the tiny random model (smoke run)")
+    add_common_args(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -569,13 +569,18 @@ def main(args: argparse.Namespace) -> None:
     console.print(f"figures written to {out.relative_to(REPO)}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Options every bench script takes: batch size, output length, model."""
     p.add_argument("--n", type=int, default=1000, help="requests per batch (default 1000)")
     p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name or HF model folder")
     p.add_argument("--tiny", action="store_true", help="use the tiny random model (smoke run)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p)
     p.add_argument("--shard-size", type=int, default=256, help="nightshift requests per shard (default 256)")
     p.add_argument(
         "--wait-quiet",

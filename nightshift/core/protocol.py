@@ -266,30 +266,3 @@ class CreateEmbeddingResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: Usage
-
-
-RESPONSE_MODELS: dict[Endpoint, type[BaseModel]] = {
-    Endpoint.CHAT_COMPLETIONS: ChatCompletion,
-    Endpoint.COMPLETIONS: Completion,
-    Endpoint.EMBEDDINGS: CreateEmbeddingResponse,
-}
-
-
-def error_line(
-    *, custom_id: str | None, code: str, message: str, line: int | None = None, param: str | None = None
-) -> BatchRequestOutput:
-    """An error-file line for a request that produced no response."""
-    return BatchRequestOutput(
-        custom_id=custom_id,
-        response=None,
-        error=BatchError(code=code, message=message, param=param, line=line),
-    )
-
-
-def response_line(*, custom_id: str, body: BaseModel) -> BatchRequestOutput:
-    """An output-file line carrying a 200 response body."""
-    return BatchRequestOutput(
-        custom_id=custom_id,
-        response=BatchResponse(status_code=200, request_id=f"req_{uuid.uuid4().hex}", body=body.model_dump()),
-        error=None,
-    )

@@ -95,14 +95,6 @@ def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
     return kwargs
 
 
-def ensure_ray(config: RayConfig) -> None:
-    """Connect to (or start) Ray unless this process is already connected."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(config.address, **ray_init_kwargs(config))
-
-
 class _EngineActor:
     """Ray actor body: a ``VLLMEngine`` plus storage I/O for shards."""
 
@@ -142,14 +134,6 @@ def get_engine(spec: EngineSpec) -> Any:
     if cfg.keep_warm:
         options["lifetime"] = "detached"
     return ray.remote(_EngineActor).options(**options).remote(spec)
-
-
-def release_engine(spec: EngineSpec) -> None:
-    """Stop the warm actor of ``spec`` if it exists (frees its memory)."""
-    import ray
-
-    with contextlib.suppress(ValueError):  # no such actor: nothing to release
-        ray.kill(ray.get_actor(spec.actor_name(), namespace=NAMESPACE))
 
 
 def release_all_engines() -> int:
