@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".nightshift")
@@ -72,6 +72,12 @@ class RayConfig(BaseModel):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (None: all).")
     object_store_memory: int = Field(default=512 * 1024**2, ge=78_643_200, description="Bytes of object store for a local Ray.")
     temp_dir: Path | None = Field(default=None, description="Ray's session directory for a local Ray.")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _blank_is_local(cls, value: object) -> object:
+        """An empty address (a deployment's ``{{ $NIGHTSHIFT_RAY_ADDRESS }}`` left unset) means a local Ray."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class StorageConfig(BaseModel):
@@ -144,6 +150,28 @@ class SLAConfig(BaseModel):
         }
 
 
+class PoolsConfig(BaseModel):
+    """Where batches run: the spot and dedicated deployments and how placement picks between them.
+
+    Pool names, types and concurrency limits are declared in ``deployments/pools.yaml`` and read
+    back from Prefect; here are only the deployments placement chooses from and its estimates.
+    """
+
+    spot_deployment: str = Field(default="process-batch/spot", description="Deployment on cheap, preemptible capacity.")
+    dedicated_deployment: str = Field(
+        default="process-batch/dedicated", description="Deployment on on-demand capacity; preempted spot runs resume here."
+    )
+    safety_factor: float = Field(
+        default=1.5, ge=1.0, le=100.0, description="Spot is chosen when its estimated runtime times this fits the deadline."
+    )
+    spot_requests_per_second: float = Field(
+        default=5.0, gt=0, description="Assumed spot throughput until a batch on the pool has measured it."
+    )
+    dedicated_requests_per_second: float = Field(
+        default=5.0, gt=0, description="Assumed dedicated throughput until a batch on the pool has measured it."
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable, one tree. Build it once at an entrypoint."""
 
@@ -155,3 +183,4 @@ class Settings(BaseSettings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sla: SLAConfig = Field(default_factory=SLAConfig)
+    pools: PoolsConfig = Field(default_factory=PoolsConfig)

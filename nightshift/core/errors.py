@@ -107,3 +107,8 @@ class EngineError(NightshiftError):
 
 class StorageError(NightshiftError):
     """Reading or writing batch artifacts failed or found inconsistent data."""
+
+
+class OrchestrationError(NightshiftError):
+    """Prefect could not be set up or asked to run something: a pool, deployment or automation is
+    missing or was refused."""

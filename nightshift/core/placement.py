@@ -19,13 +19,16 @@ class PoolState(BaseModel):
     kind: Literal["spot", "dedicated"]
     online_workers: int = Field(ge=0)
     concurrency_limit: int | None = Field(default=None, ge=0, description="None: no limit.")
-    running: int = Field(default=0, ge=0, description="Flow runs occupying the pool's slots.")
+    running: int = Field(default=0, ge=0, description="Flow runs occupying the pool's slots (pending or running).")
+    queued: int = Field(default=0, ge=0, description="Flow runs already due and waiting for a slot: they go first.")
     requests_per_second: float = Field(gt=0, description="Measured throughput of one batch on this pool.")
 
     @property
     def free_slots(self) -> int | None:
         """Slots left (None when the pool has no limit)."""
-        return None if self.concurrency_limit is None else max(self.concurrency_limit - self.running, 0)
+        if self.concurrency_limit is None:
+            return None
+        return max(self.concurrency_limit - self.running - self.queued, 0)
 
     @property
     def available(self) -> bool:
@@ -78,3 +81,30 @@ def choose_pool(
         estimated_seconds=spot_eta,
         remaining_seconds=remaining,
     )
+
+
+class ThroughputSample(BaseModel):
+    """One finished batch's engine throughput on a pool."""
+
+    at: datetime
+    requests: int = Field(ge=0, description="Requests the engine answered in the run.")
+    seconds: float = Field(ge=0, description="Time the run spent computing them.")
+
+
+class PoolThroughput(BaseModel):
+    """A pool's recent throughput, measured from the batches it finished (what placement estimates
+    runtimes with instead of a guess once the pool has run something)."""
+
+    pool: str
+    samples: list[ThroughputSample] = Field(default_factory=list)
+
+    def record(self, sample: ThroughputSample, keep: int = 20) -> PoolThroughput:
+        """The log with ``sample`` added, keeping the ``keep`` newest (old hardware ages out)."""
+        return self.model_copy(update={"samples": [*self.samples, sample][-keep:]})
+
+    def requests_per_second(self) -> float | None:
+        """Requests over busy seconds across the kept samples (big batches weigh more); None
+        before the pool has measured anything."""
+        seconds = sum(s.seconds for s in self.samples)
+        requests = sum(s.requests for s in self.samples)
+        return requests / seconds if seconds > 0 and requests > 0 else None

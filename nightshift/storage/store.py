@@ -13,6 +13,7 @@ Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/
         manifest.json                 written last: its presence means the version is published
         sla.json                      SLA report of the latest run of this version
     {root}/cache/{key[:2]}/{key}.json  request cache entries (see nightshift.core.cache)
+    {root}/pools/{pool}/throughput.json  measured throughput per work pool (placement reads it)
 """
 
 from __future__ import annotations
