@@ -6,12 +6,11 @@ and passes small handles (paths, specs, manifests) between tasks, never the requ
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 from prefect_ray.task_runners import RayTaskRunner
@@ -19,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
 from nightshift.core.artifacts import Manifest, RequestCounts
-from nightshift.core.lineage import Lineage
 from nightshift.core.protocol import Endpoint, Usage
-from nightshift.core.sla import SLAReport, Tier
+from nightshift.core.runs import BatchRunParameters, default_batch_id
+from nightshift.core.sla import SLAReport
 from nightshift.engine.runner import EngineSpec, ray_init_kwargs
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
@@ -31,25 +30,6 @@ from tasks.publish import publish_results
 from tasks.shard import plan_shards_task
 from tasks.sla import check_sla
 from tasks.validate import validate_input
-
-
-class BatchRunParameters(BaseModel):
-    """What to run. The Prefect UI renders this as the deployment's form."""
-
-    input_uri: str = Field(description="The JSONL batch file: a local path or a URL (file://, s3://).")
-    batch_id: str | None = Field(default=None, description="Name of the batch in the store; defaults to the input file's name.")
-    tier: Tier = Field(default=Tier.BASIC, description="SLA tier: the deadline counts from submitted_at.")
-    endpoint: Endpoint | None = Field(
-        default=None, description="The batch's endpoint; defaults to the url of its first valid line."
-    )
-    model: str | None = Field(default=None, description="Model folder or embedded model name; defaults to settings.")
-    shard_size: int | None = Field(default=None, ge=1, description="Requests per shard; defaults to settings.")
-    submitted_at: datetime | None = Field(default=None, description="When the batch was submitted; defaults to now.")
-    parent: Lineage | None = Field(default=None, description="Set by retry-failed: the batch version this one retries.")
-    use_cache: bool = Field(default=True, description="Answer deterministic requests seen before from the request cache.")
-    fail_after_shards: int | None = Field(
-        default=None, ge=1, description="Fault injection for resume drills: fail the run after N new shards."
-    )
 
 
 class BatchRunResult(BaseModel):
@@ -70,15 +50,18 @@ class BatchRunResult(BaseModel):
     sla: SLAReport
 
 
-def default_batch_id(input_uri: str) -> str:
-    """A store-safe batch id from the input file's name (``data/My Batch.jsonl`` → ``My-Batch``)."""
-    stem = PurePosixPath(input_uri.split("://", 1)[-1]).name.split(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "batch"
-
-
 def build_task_runner(settings: Settings) -> RayTaskRunner:
     """prefect-ray's runner on the configured Ray (a local one when no address is set)."""
     return RayTaskRunner(address=settings.ray.address, init_kwargs=ray_init_kwargs(settings.ray))
+
+
+def _work_pool() -> str | None:
+    """The work pool this flow run was sent to (None when the flow is called directly)."""
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(run_id)).work_pool_name
 
 
 @flow(
@@ -87,9 +70,18 @@ def build_task_runner(settings: Settings) -> RayTaskRunner:
     task_runner=build_task_runner(Settings()),
     persist_result=False,
 )
-def process_batch(params: BatchRunParameters) -> BatchRunResult:
-    """validate → shard → infer → publish → check SLA for one batch file."""
+def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -> BatchRunResult:
+    """validate → shard → infer → publish → check SLA for one batch file.
+
+    ``resumed_from`` is set by the preemption automation: the id of the crashed spot flow run
+    this run takes over (its finished shards are reused, since the batch version is the same).
+    """
     log = get_run_logger()
+    pool = _work_pool()
+    if params.placement is not None:
+        log.info("placed on %s (%s): %s", params.placement.pool, params.placement.kind, params.placement.reason)
+    if resumed_from:
+        log.info("resuming the batch of crashed flow run %s on pool %s", resumed_from, pool)
     settings = Settings()
     submitted_at = params.submitted_at or datetime.now(UTC)
     created_at = datetime.now(UTC)
@@ -163,7 +155,7 @@ def process_batch(params: BatchRunParameters) -> BatchRunResult:
             ).result()
 
         sla = check_sla.submit(
-            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla
+            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla, pool
         ).result()
 
     return BatchRunResult(

@@ -6,9 +6,10 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
-from flows.batch import BatchRunParameters, BatchRunResult, process_batch
+from flows.batch import BatchRunResult, process_batch
 from nightshift.core.errors import BatchFileError
 from nightshift.core.lineage import Lineage, failed_lines, select_lines
+from nightshift.core.runs import BatchRunParameters
 from nightshift.core.sla import Tier
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore

@@ -45,6 +45,34 @@ def _prefect_api(settings: Settings) -> Any:
         server.__exit__(None, None, None)
 
 
+def _running_stack(settings: Settings) -> dict[str, Any] | None:
+    """What a ``nightshift up`` on this machine recorded (API URL, Ray address), if it is still up."""
+    import json
+
+    path = settings.home / "up.json"
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return info
+
+
+@contextlib.contextmanager
+def _stack_api(settings: Settings) -> Any:
+    """The Prefect API of a running stack: PREFECT_API_URL, else the one ``nightshift up`` started."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = os.environ.get("PREFECT_API_URL") or (_running_stack(settings) or {}).get("api_url")
+    if not url:
+        console.print("[red]No Prefect server: start one with `nightshift up` (or set PREFECT_API_URL).[/red]")
+        raise typer.Exit(2)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+
+
 def _watch_shards(storage: StorageConfig, batch_id: str, stop: threading.Event) -> None:
     """Show shard progress by watching the store (the flow writes each shard when done)."""
     from nightshift.storage import ArtifactStore
@@ -132,6 +160,162 @@ def cleanup(
     for uri in report.deleted:
         console.print(f"{verb}: {uri}", soft_wrap=True)
     console.print(f"{verb} {len(report.deleted)} versions and {report.cache_entries_deleted} cache entries; kept {report.kept}")
+
+
+pools_app = typer.Typer(help="Work pools (deployments/pools.yaml).", no_args_is_help=True)
+automations_app = typer.Typer(help="Prefect automations (deployments/automations.py).", no_args_is_help=True)
+app.add_typer(pools_app, name="pools")
+app.add_typer(automations_app, name="automations")
+
+
+@pools_app.command("apply")
+def pools_apply(
+    pool_type: Annotated[str, typer.Option("--type", help="'process' here; 'kubernetes' on a cluster.")] = "process",
+) -> None:
+    """Create or update the declared work pools and their concurrency limits (idempotent)."""
+    from deployments.pools import apply_pools, load_pools
+
+    with _stack_api(Settings()):
+        for name in apply_pools(load_pools(), pool_type):
+            console.print(f"work pool {name}: applied ({pool_type})")
+
+
+@automations_app.command("apply")
+def automations_apply() -> None:
+    """Create or update nightshift's automations (needs the deployments registered)."""
+    from deployments.automations import apply_automations
+
+    settings = Settings()
+    with _stack_api(settings):
+        for name, automation_id in apply_automations(settings.pools).items():
+            console.print(f"automation {name}: {automation_id}")
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port of the Prefect server started here (UI and API).")] = 4200,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Prefect database (default: SQLite under .nightshift/prefect); e.g. postgresql+asyncpg://..."),
+    ] = None,
+    pool_type: Annotated[str, typer.Option("--type", help="Pool type: 'process' runs workers here.")] = "process",
+) -> None:
+    """Start Prefect and Ray on 127.0.0.1 (or join PREFECT_API_URL / NIGHTSHIFT_RAY_ADDRESS), apply
+    pools, deployments and automations, and run one worker per pool until Ctrl-C."""
+    import json
+    import signal
+    from contextlib import ExitStack
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.automations import apply_automations
+    from deployments.pools import ROOT, apply_pools, deploy_all, load_pools
+    from nightshift.services import local_prefect_server, local_ray_head, start_worker, stop_process_groups
+
+    settings = Settings()
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    state_file = settings.home / "up.json"
+    with ExitStack() as stack:
+        url = os.environ.get("PREFECT_API_URL")
+        if not url:
+            with console.status(f"starting Prefect on http://127.0.0.1:{port}"):
+                url = stack.enter_context(local_prefect_server(settings.home / "prefect", port=port, database_url=database_url))
+        ray_address = settings.ray.address
+        if not ray_address:
+            with console.status("starting a Ray head on 127.0.0.1"):
+                temp = settings.ray.temp_dir or Path(f"/tmp/nightshift-ray-{os.getuid()}")  # socket paths must stay short
+                ray_address = stack.enter_context(local_ray_head(temp, num_cpus=settings.ray.num_cpus))
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": url,
+            "NIGHTSHIFT_REPO_DIR": str(ROOT),
+            "NIGHTSHIFT_RAY_ADDRESS": ray_address,
+            "NIGHTSHIFT_SPOT_RAY_ADDRESS": ray_address,
+            "NIGHTSHIFT_DEDICATED_RAY_ADDRESS": ray_address,
+        }
+        pools = load_pools()
+        apply_pools(pools, pool_type)
+        deploy_all(env)
+        automations = apply_automations(settings.pools)
+
+        workers: dict[str, Any] = {}
+        logs = settings.home / "workers"
+        if pool_type == "process":
+            for pool in pools:
+                workers[pool.name] = start_worker(pool.name, env, logs / f"{pool.name}.log")
+        stack.callback(lambda: stop_process_groups(list(workers.values())))
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"pid": os.getpid(), "api_url": url, "ray_address": ray_address}))
+        stack.callback(state_file.unlink, missing_ok=True)
+
+        table = Table(title="nightshift is up")
+        table.add_column("what")
+        table.add_column("where")
+        table.add_row("Prefect UI/API", url.removesuffix("/api"))
+        table.add_row("Ray", ray_address)
+        for pool in pools:
+            table.add_row(f"pool {pool.name}", f"{pool.kind}, limit {pool.concurrency_limit}, worker log {logs / pool.name}.log")
+        for name in automations:
+            table.add_row("automation", name)
+        console.print(table)
+        console.print(f"export PREFECT_API_URL={url}   # then: nightshift submit FILE --tier premium", soft_wrap=True)
+        console.print("ready", soft_wrap=True)
+        try:
+            while not stopping:
+                for name, proc in list(workers.items()):
+                    if proc.poll() is not None:  # a worker died: say so and start a new one
+                        console.print(f"[yellow]worker for {name} exited ({proc.returncode}); restarting[/yellow]")
+                        workers[name] = start_worker(name, env, logs / f"{name}.log")
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        console.print("stopping workers, Ray and Prefect started here")
+
+
+@app.command()
+def submit(
+    file: Annotated[str, typer.Argument(help="Batch JSONL file (path or URL) the workers can read.")],
+    tier: Annotated[Tier, typer.Option(help="SLA tier.")] = Tier.BASIC,
+    batch_id: Annotated[str | None, typer.Option(help="Batch name in the store (default: file name).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model folder or embedded model name.")] = None,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="Requests per shard.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the batch (across preemption) and print where results are.")] = False,
+) -> None:
+    """Place a batch on the spot or dedicated pool by its deadline and start it there."""
+    from nightshift.api import follow_batch, submit_batch
+
+    settings = Settings()
+    with _stack_api(settings) as api:
+        extra = {k: v for k, v in {"batch_id": batch_id, "model": model, "shard_size": shard_size}.items() if v is not None}
+        sub = submit_batch(file, tier=tier, settings=settings, **extra)
+        p = sub.placement
+        console.print(
+            f"batch {sub.batch_id} ({sub.requests} requests, {tier.value}, due {sub.deadline:%Y-%m-%d %H:%M} UTC) → "
+            f"[bold]{p.pool}[/bold] ({p.kind}): {p.reason}",
+            soft_wrap=True,
+        )
+        console.print(f"flow run {sub.flow_run_name}: {api.removesuffix('/api')}/runs/flow-run/{sub.flow_run_id}", soft_wrap=True)
+        if not wait:
+            return
+        runs = follow_batch(sub.flow_run_id)
+    for run in runs:
+        console.print(f"  {run.name} on {run.work_pool_name}: {run.state.name if run.state else '?'}")
+    from nightshift.storage import ArtifactStore
+
+    published = ArtifactStore.from_config(settings.storage).published(sub.batch_id)
+    if runs[-1].state is None or not runs[-1].state.is_completed() or not published:
+        console.print("[red]the batch did not complete[/red]")
+        raise typer.Exit(1)
+    manifest = published[-1]
+    console.print(f"output:   {manifest.output_file.path}", soft_wrap=True)
+    console.print(f"errors:   {manifest.error_file.path}", soft_wrap=True)
 
 
 def _print_summary(result: Any) -> None:

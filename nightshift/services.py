@@ -50,26 +50,112 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, log: 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM the process group we started, then SIGKILL what is left after ``grace``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_process_groups([proc], grace)
+
+
+def stop_process_groups(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """Stop several process groups at once: all get SIGTERM first, so their graceful shutdowns
+    overlap; whatever is left after ``grace`` gets SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a service in its own process group (so it can be stopped with everything it spawned),
+    output appended to ``log``, dying with this process."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not listening on 127.0.0.1:{port} after {timeout:.0f}s; see {log}")
 
 
 @contextlib.contextmanager
-def local_prefect_server(home: Path, *, port: int | None = None, ui: bool = True, timeout: float = 120.0) -> Iterator[str]:
-    """Run ``prefect server start`` on 127.0.0.1 with its own home and SQLite; yield its API URL."""
+def local_ray_head(
+    temp_dir: Path, *, num_cpus: int | None = None, port: int | None = None, timeout: float = 90.0
+) -> Iterator[str]:
+    """A Ray head node on 127.0.0.1 only (no dashboard, no token auth between our own processes)
+    that flow runs join by address, so warm engine actors outlive each run; yields the address.
+
+    ``ray stop`` would stop every Ray on the machine, so this one is stopped by its process group.
+    """
+    port = port or free_port()
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    args = [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
+    args += ["--include-dashboard=false", f"--temp-dir={temp_dir.absolute()}", "--disable-usage-stats"]
+    args.append(f"--ray-client-server-port={free_port()}")  # the default 10001 may be taken by another Ray
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    log = temp_dir / "head.log"
+    proc = start_process(args, env, log)
+    try:
+        _wait_port(port, proc, timeout, "Ray head", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc, grace=15)
+
+
+def start_worker(pool: str, env: dict[str, str], log: Path, *, query_seconds: float = 2.0) -> subprocess.Popen[bytes]:
+    """A Prefect process worker polling ``pool``; it runs each flow run as a subprocess from its cwd."""
+    env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)}
+    args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-worker"]
+    return start_process(args, env, log)
+
+
+@contextlib.contextmanager
+def local_prefect_server(
+    home: Path,
+    *,
+    port: int | None = None,
+    ui: bool = True,
+    timeout: float = 120.0,
+    database_url: str | None = None,
+) -> Iterator[str]:
+    """Run ``prefect server start`` on 127.0.0.1 with its own home; yield its API URL.
+
+    The database is SQLite in ``home`` unless ``database_url`` names another (PostgreSQL:
+    ``postgresql+asyncpg://user:pass@host/db``).
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
+        **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
         "PREFECT_HOME": str(home.absolute()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
@@ -78,16 +164,8 @@ def local_prefect_server(home: Path, *, port: int | None = None, ui: bool = True
         "PREFECT_SERVER_API_PORT": str(port),
     }
     log = home / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+    args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_process(args, env, log)
     try:
         _wait_healthy(url, proc, timeout, log)
         yield url

@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, task
 
 from nightshift.core.artifacts import Manifest
+from nightshift.core.placement import ThroughputSample
 from nightshift.core.sla import SLAReport, Tier, sla_report
 from nightshift.settings import SLAConfig, StorageConfig
 from nightshift.storage import ArtifactStore
+from nightshift.storage.pools import record_throughput
 
 
 @task(name="check-sla")
@@ -22,8 +24,10 @@ def check_sla(
     engine_tokens: int,
     busy_seconds: float,
     sla: SLAConfig,
+    pool: str | None = None,
 ) -> SLAReport:
-    """Record whether the batch met its tier's deadline, the slack left and the throughput."""
+    """Record whether the batch met its tier's deadline, the slack left and the throughput; the
+    throughput also goes into ``pool``'s log, which placement estimates later runtimes from."""
     finished = datetime.now(UTC)
     report = sla_report(
         tier=tier,
@@ -36,6 +40,8 @@ def check_sla(
     )
     store = ArtifactStore.from_config(storage)
     store.write_bytes(store.batch(manifest.batch_id, manifest.version).sla, report.model_dump_json(indent=2).encode())
+    if pool and engine_requests > 0 and busy_seconds > 0:
+        record_throughput(store, pool, ThroughputSample(at=finished, requests=engine_requests, seconds=busy_seconds))
     get_run_logger().info(
         "SLA %s: %s with %.0fs slack (%.2f req/s)",
         tier.value,

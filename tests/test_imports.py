@@ -8,7 +8,10 @@ import pytest
 HEAVY = ("vllm", "torch", "ray", "transformers", "prefect")
 
 
-@pytest.mark.parametrize("module", ["nightshift.core", "nightshift.settings", "nightshift.storage", "nightshift.cli"])
+@pytest.mark.parametrize(
+    "module",
+    ["nightshift.core", "nightshift.settings", "nightshift.storage", "nightshift.cli", "nightshift.api", "nightshift.core.runs"],
+)
 def test_light_modules_do_not_import_the_gpu_stack(module):
     code = (
         f"import sys, {module}, nightshift.core.validation, nightshift.core.artifacts; "

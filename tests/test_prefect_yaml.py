@@ -1,11 +1,8 @@
-"""prefect.yaml registers a deployment whose entrypoint loads and whose parameters validate."""
+"""prefect.yaml: every entrypoint loads by module path, its parameters validate, and every work
+pool a deployment names is declared in deployments/pools.yaml."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,24 +12,25 @@ def test_every_deployment_entrypoint_loads_and_its_parameters_validate():
     from prefect.flows import load_flow_from_entrypoint
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    assert spec["deployments"]
+    names = {f"{d['entrypoint'].split(':')[-1]}/{d['name']}" for d in spec["deployments"]}
+    assert {"process_batch/spot", "process_batch/dedicated", "cleanup/daily"} <= names
     for dep in spec["deployments"]:
-        flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
+        # A module path, not a file path: Ray workers must unpickle the flow by an importable name.
+        assert ".py:" not in dep["entrypoint"]
+        flow = load_flow_from_entrypoint(dep["entrypoint"])
         flow.validate_parameters(dep.get("parameters") or {})
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_prefect_deploy_registers_the_deployments(prefect_api):
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "NIGHTSHIFT_REPO_DIR": str(ROOT), "COLUMNS": "250"}
-    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    subprocess.run(
-        [*prefect, "work-pool", "create", "nightshift-local", "--type", "process", "--overwrite"],
-        env=env,
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    run = subprocess.run([*prefect, "deploy", "--all"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    listed = subprocess.run([*prefect, "deployment", "ls"], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "process-batch/local" in listed and "cleanup-batches/daily" in listed
+def test_deployments_use_declared_pools_and_spot_resumes_on_dedicated():
+    from deployments.pools import load_pools
+
+    pools = {p.name: p for p in load_pools()}
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    for dep in spec["deployments"]:
+        assert dep["work_pool"]["name"] in pools, dep["name"]
+    assert pools[by_name["spot"]["work_pool"]["name"]].kind == "spot"
+    assert pools[by_name["dedicated"]["work_pool"]["name"]].kind == "dedicated"
+    for pool in pools.values():
+        if pool.kind in ("spot", "dedicated"):
+            assert pool.concurrency_limit and pool.base_job_template("kubernetes")["job_configuration"]

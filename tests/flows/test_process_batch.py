@@ -10,23 +10,11 @@ from pathlib import Path
 
 import pytest
 from batchfiles import read_jsonl, write_batch
+from engines import engine_requests_served as _engine_requests_served
 
 from nightshift.core.protocol import BatchRequestOutput, ChatCompletion
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
-
-
-def _engine_requests_served() -> int:
-    """Requests answered by every warm engine actor (counted at the adapter, inside the actor)."""
-    import ray
-
-    from nightshift.engine.runner import NAMESPACE
-
-    total = 0
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == NAMESPACE and entry["name"].startswith("engine-"):
-            total += ray.get(ray.get_actor(entry["name"], namespace=NAMESPACE).info.remote())["requests_served"]
-    return total
 
 
 def _manifest(result) -> dict:

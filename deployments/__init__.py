@@ -1,0 +1,1 @@
+"""Registering nightshift on a Prefect server: work pools, deployments, automations (as code)."""

@@ -1,0 +1,214 @@
+"""Submit a batch: count it, read both pools' state from Prefect, place it, run the deployment.
+
+``submit_batch`` is the one code path behind ``nightshift submit``, the Python API and (later)
+the HTTP gateway: placement is decided here, then ``run_deployment`` hands the batch to the
+chosen pool's workers and returns at once.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+import fsspec
+from pydantic import BaseModel, Field
+
+from nightshift.core.errors import BatchFileError, OrchestrationError
+from nightshift.core.placement import Placement, PoolState, choose_pool
+from nightshift.core.runs import BatchRunParameters, default_batch_id
+from nightshift.core.sla import Tier, deadline_for
+from nightshift.settings import Settings
+from nightshift.storage import ArtifactStore
+from nightshift.storage.pools import read_throughput
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+#: Flow-run states that hold one of a pool's concurrency slots.
+_OCCUPYING = ("PENDING", "RUNNING", "CANCELLING")
+
+
+class Submission(BaseModel):
+    """A batch handed to a pool: which flow run carries it and why it went there."""
+
+    flow_run_id: str
+    flow_run_name: str
+    deployment: str
+    batch_id: str
+    requests: int = Field(description="Request lines in the file (placement's batch size).")
+    deadline: datetime
+    placement: Placement
+
+
+def _absolute(input_uri: str) -> str:
+    """Workers run from the repo root, not the caller's folder: send local paths absolute."""
+    return input_uri if "://" in input_uri else str(Path(input_uri).absolute())
+
+
+def count_requests(input_uri: str, settings: Settings) -> int:
+    """Non-blank lines of the batch file, streamed (the file may be hundreds of MB)."""
+    try:
+        with fsspec.open(input_uri, "rb", **settings.storage.storage_options(input_uri)) as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError as exc:
+        raise BatchFileError(f"batch file not found: {input_uri}") from exc
+
+
+def _pool_state(
+    client: SyncPrefectClient, deployment: str, kind: Literal["spot", "dedicated"], guess: float, store: ArtifactStore
+) -> PoolState:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterNextScheduledStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+        FlowRunFilterStateType,
+        WorkerFilter,
+        WorkerFilterStatus,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        pool_name = client.read_deployment_by_name(deployment).work_pool_name
+    except ObjectNotFound as exc:
+        raise OrchestrationError(f"deployment {deployment!r} is not registered; run `nightshift up` or `pools apply`") from exc
+    if pool_name is None:
+        raise OrchestrationError(f"deployment {deployment!r} has no work pool")
+    pool = client.read_work_pool(pool_name)
+    online = client.read_workers_for_work_pool(pool_name, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+    in_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name]))
+    running = client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(_OCCUPYING)))),
+        work_pool_filter=in_pool,
+    )
+    queued = client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled", "Late", "AwaitingConcurrencySlot"])),
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(UTC)),
+        ),
+        work_pool_filter=in_pool,
+    )
+    return PoolState(
+        name=pool_name,
+        kind=kind,
+        online_workers=0 if pool.is_paused else len(online),
+        concurrency_limit=pool.concurrency_limit,
+        running=running,
+        queued=queued,
+        requests_per_second=read_throughput(store, pool_name).requests_per_second() or guess,
+    )
+
+
+def read_pool_states(settings: Settings | None = None) -> tuple[PoolState, PoolState]:
+    """(spot, dedicated) as Prefect sees them now, with throughput measured by earlier batches."""
+    from prefect import get_client
+
+    settings = settings or Settings()
+    cfg = settings.pools
+    store = ArtifactStore.from_config(settings.storage)
+    with get_client(sync_client=True) as client:
+        return (
+            _pool_state(client, cfg.spot_deployment, "spot", cfg.spot_requests_per_second, store),
+            _pool_state(client, cfg.dedicated_deployment, "dedicated", cfg.dedicated_requests_per_second, store),
+        )
+
+
+def submit_batch(
+    input_uri: str,
+    *,
+    tier: Tier = Tier.BASIC,
+    settings: Settings | None = None,
+    submitted_at: datetime | None = None,
+    **params: Any,
+) -> Submission:
+    """Place the batch on spot or dedicated and start the chosen deployment (returns at once).
+
+    Args:
+        input_uri: The batch JSONL file; local paths are sent absolute.
+        tier: SLA tier; the deadline counts from ``submitted_at`` (default now) and stays with
+            the batch if it is resumed elsewhere.
+        params: Further ``BatchRunParameters`` fields (batch_id, model, shard_size, ...).
+
+    Raises:
+        BatchFileError: the file does not exist.
+        OrchestrationError: the deployments are not registered.
+    """
+    from prefect.deployments import run_deployment
+
+    settings = settings or Settings()
+    tier = Tier(tier)
+    submitted_at = submitted_at or datetime.now(UTC)
+    input_uri = _absolute(input_uri)
+    requests = count_requests(input_uri, settings)
+    deadline = deadline_for(submitted_at, tier, settings.sla.hours())
+    spot, dedicated = read_pool_states(settings)
+    placement = choose_pool(
+        requests=requests,
+        now=datetime.now(UTC),
+        deadline=deadline,
+        spot=spot,
+        dedicated=dedicated,
+        safety_factor=settings.pools.safety_factor,
+    )
+    run_params = BatchRunParameters(input_uri=input_uri, tier=tier, submitted_at=submitted_at, placement=placement, **params)
+    deployment = settings.pools.spot_deployment if placement.kind == "spot" else settings.pools.dedicated_deployment
+    run: FlowRun = run_deployment(
+        deployment,
+        parameters={"params": run_params.model_dump(mode="json", exclude_none=True)},
+        timeout=0,
+        as_subflow=False,
+        tags=[f"tier:{tier.value}", f"capacity:{placement.kind}"],
+    )
+    return Submission(
+        flow_run_id=str(run.id),
+        flow_run_name=run.name,
+        deployment=deployment,
+        batch_id=run_params.batch_id or default_batch_id(input_uri),
+        requests=requests,
+        deadline=deadline,
+        placement=placement,
+    )
+
+
+def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0) -> list[FlowRun]:
+    """Wait for the batch started as ``flow_run_id`` to finish, following it across preemption:
+    when a spot run crashes, the automation's dedicated run (``resumed_from`` = the crashed run)
+    carries on. Returns every flow run the batch went through, the final one last.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    chain: list[FlowRun] = []
+    deadline = time.monotonic() + timeout
+    current = flow_run_id
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(UUID(current))
+            if run.state is None or not run.state.is_final():
+                time.sleep(poll)
+                continue
+            chain.append(run)
+            if run.state.name != "Crashed":
+                return chain
+            successor = None
+            while successor is None and time.monotonic() < deadline:
+                # The automation's run starts after the crash: look among the newest runs only.
+                candidates = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=run.end_time)),
+                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                    limit=200,
+                )
+                successor = next((c for c in candidates if c.parameters.get("resumed_from") == str(run.id)), None)
+                if successor is None:
+                    time.sleep(poll)
+            if successor is None:
+                break
+            current = str(successor.id)
+    raise TimeoutError(f"batch of flow run {flow_run_id} not finished after {timeout:.0f}s (runs so far: {len(chain)})")
