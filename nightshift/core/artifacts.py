@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.lineage import Lineage
+from nightshift.core.progress import Progress
 from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage
 
 MANIFEST_SCHEMA = "nightshift.manifest/v1"
@@ -142,6 +143,9 @@ class Manifest(BaseModel):
     cache: CacheStats = Field(default_factory=lambda: CacheStats(cacheable=0, hits=0))
     usage: Usage
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the run that computed it.")
+    progress: Progress | None = Field(
+        default=None, description="The SLA watch's last snapshot of the run that computed it (rates, ETA, risk, warnings)."
+    )
 
     model_config = {"populate_by_name": True}
 

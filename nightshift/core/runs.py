@@ -34,10 +34,20 @@ class BatchRunParameters(BaseModel):
         default=None,
         description="When the batch was submitted; defaults to now. A resumed run keeps the original, so the deadline holds.",
     )
+    deadline: datetime | None = Field(
+        default=None,
+        description="Its own deadline (a contract date, an SLA drill); default: submitted_at + the tier hours.",
+    )
     parent: Lineage | None = Field(default=None, description="Set by retry-failed: the batch version this one retries.")
     use_cache: bool = Field(default=True, description="Answer deterministic requests seen before from the request cache.")
     placement: Placement | None = Field(
         default=None, description="Set by `nightshift submit`/the API: the pool chosen for this batch and why."
+    )
+    slow_shards_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="SLA drills: wait this long after each new shard, like a slow pool.",
     )
     fail_after_shards: int | None = Field(
         default=None, ge=1, description="Fault injection for resume drills: fail the run after N new shards."

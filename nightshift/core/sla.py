@@ -50,15 +50,16 @@ def sla_report(
     tokens: int,
     busy_seconds: float | None = None,
     tier_hours: dict[str, float] | None = None,
+    deadline: datetime | None = None,
 ) -> SLAReport:
-    """Judge a finished batch against its tier's deadline.
+    """Judge a finished batch against its tier's deadline (or ``deadline``, when it has its own).
 
     Args:
         requests: Requests the engine answered (cached or failed ones excluded by the caller).
         tokens: Prompt plus completion tokens of those requests.
         busy_seconds: Time spent computing, for throughput; defaults to submission → finish.
     """
-    deadline = deadline_for(submitted_at, tier, tier_hours)
+    deadline = deadline or deadline_for(submitted_at, tier, tier_hours)
     elapsed = max((finished_at - submitted_at).total_seconds(), 0.0)
     busy = busy_seconds if busy_seconds is not None else elapsed
     return SLAReport(
