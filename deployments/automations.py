@@ -1,5 +1,17 @@
 """Prefect automations as code, applied idempotently by ``nightshift automations apply`` / ``up``.
 
+SLA watch: the flow emits ``nightshift.batch.*`` events (see flows/watch.py); automations turn
+them into alerts through one webhook block and escalate at-risk spot batches to dedicated:
+
+- ``nightshift-sla-at-risk``: alert (batch, tier, pool, ETA, slack);
+- ``nightshift-sla-at-risk-escalates``: an at-risk batch on the spot pool moves to dedicated
+  (the dedicated deployment runs with the same parameters; the spot run is cancelled);
+- ``nightshift-sla-breached``: alert;
+- ``nightshift-sla-silent-{tier}``: proactive: ``started`` with no ``completed``/``failed``
+  within the tier's deadline (a run that died without a word) → breached alert anyway.
+
+The flow raises each alert once per batch version; the automations add nothing per shard.
+
 Preemption: when a flow run of the spot deployment crashes (its node was reclaimed, its worker
 or process was killed), Prefect's own ``prefect.flow-run.Crashed`` event fires an automation
 that runs the dedicated deployment with the crashed run's parameters. Same parameters mean the
@@ -12,7 +24,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nightshift.core.errors import OrchestrationError
-from nightshift.settings import PoolsConfig
+from nightshift.settings import PoolsConfig, SLAConfig
 
 PREEMPTION = "nightshift-preempted-spot-resumes-on-dedicated"
 
@@ -58,6 +70,115 @@ def preemption_automation(spot_deployment_id: str, dedicated_deployment_id: str)
     )
 
 
+ALERT_FIELDS = (
+    '"batch_id": {{ event.payload.batch_id | tojson }}, "tier": {{ event.payload.tier | tojson }}, '
+    '"pool": {{ event.payload.pool | tojson }}, "deadline": {{ event.payload.deadline | tojson }}, '
+    '"eta_seconds": {{ event.payload.eta_seconds | tojson }}, "slack_seconds": {{ event.payload.slack_seconds | tojson }}, '
+    '"flow_run": "{{ event.resource.id }}", "progress": {{ event.payload | tojson }}'
+)
+
+
+def _alert_body(alert: str) -> str:
+    """The notification text: a JSON document a receiver can act on (and a human can read)."""
+    return '{"alert": "' + alert + '", "source": "flow", ' + ALERT_FIELDS + "}"
+
+
+def sla_automations(
+    *, block_id: str, spot_pool: str, dedicated_deployment_id: str, tier_hours: dict[str, float]
+) -> list:  # list[prefect.automations.Automation]
+    """Alerts and escalation on the batch's SLA events (see the module docstring)."""
+    from prefect.automations import Automation
+    from prefect.events.actions import CancelFlowRun, RunDeployment, SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    def alert(name: str, subject: str) -> SendNotification:
+        return SendNotification(block_document_id=block_id, subject=subject, body=_alert_body(name))
+
+    per_batch = {"nightshift.batch.id"}
+    automations = [
+        Automation(
+            name="nightshift-sla-at-risk",
+            description="A batch's ETA runs past its deadline: alert with its ETA and slack.",
+            trigger=EventTrigger(
+                expect={"nightshift.batch.sla.at-risk"}, for_each=per_batch, posture=Posture.Reactive, threshold=1
+            ),
+            actions=[alert("sla.at-risk", "nightshift: batch {{ event.payload.batch_id }} at risk of missing its deadline")],
+        ),
+        Automation(
+            name="nightshift-sla-at-risk-escalates",
+            description="An at-risk spot batch moves to dedicated: finished shards are reused, the spot run is cancelled.",
+            trigger=EventTrigger(
+                expect={"nightshift.batch.sla.at-risk"},
+                match={"nightshift.pool": spot_pool},
+                for_each=per_batch,
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[
+                RunDeployment(
+                    source="selected",
+                    deployment_id=dedicated_deployment_id,
+                    parameters={"params": _SAME_PARAMS, "resumed_from": _CRASHED_RUN_ID},
+                ),
+                CancelFlowRun(),
+            ],
+        ),
+        Automation(
+            name="nightshift-sla-breached",
+            description="A batch passed its deadline with work left (or finished late): alert.",
+            trigger=EventTrigger(
+                expect={"nightshift.batch.sla.breached"}, for_each=per_batch, posture=Posture.Reactive, threshold=1
+            ),
+            actions=[alert("sla.breached", "nightshift: batch {{ event.payload.batch_id }} breached its deadline")],
+        ),
+    ]
+    for tier, hours in tier_hours.items():
+        automations.append(
+            Automation(
+                name=f"nightshift-sla-silent-{tier}",
+                description=f"A {tier} batch started and reported neither completion nor failure within {hours} h: breached.",
+                trigger=EventTrigger(
+                    after={"nightshift.batch.started"},
+                    expect={"nightshift.batch.completed", "nightshift.batch.failed"},
+                    match={"nightshift.tier": tier},
+                    for_each=per_batch,
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=timedelta(hours=hours),
+                ),
+                actions=[
+                    SendNotification(
+                        block_document_id=block_id,
+                        subject="nightshift: batch {{ labels.nightshift.batch.id }} breached its deadline without reporting",
+                        body=(
+                            '{"alert": "sla.breached", "source": "proactive", "batch_id": "{{ labels.nightshift.batch.id }}", '
+                            f'"tier": "{tier}", "within_hours": {hours}, '
+                            '"reason": "started, then no completed or failed event within the tier deadline"}'
+                        ),
+                    )
+                ],
+            )
+        )
+    return automations
+
+
+def apply_alert_block(name: str, url: str) -> str:
+    """Create or update the webhook block alerts go through; returns its id.
+
+    The JSON carries ``text`` (what Slack-compatible webhooks show) and the alert document in
+    ``body`` for receivers that act on it.
+    """
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(
+        name="nightshift",
+        url=url,
+        json_data={"text": "{{subject}}", "subject": "{{subject}}", "body": "{{body}}"},
+        timeout=10,
+    )
+    return str(block.save(name, overwrite=True))
+
+
 def _upsert(client, automation) -> str:  # noqa: ANN001 - prefect client and Automation, imported lazily
     """Create the automation, or update the one with its name (removing extra copies)."""
     from prefect.events.schemas.automations import AutomationCore
@@ -69,15 +190,19 @@ def _upsert(client, automation) -> str:  # noqa: ANN001 - prefect client and Aut
     keep, *extra = existing
     for dup in extra:
         client.delete_automation(dup.id)
-    client.update_automation(keep.id, core)
+    # The update endpoint refuses owner_resource (as prefect's own Automation.update knows).
+    client.update_automation(keep.id, AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"})))
     return str(keep.id)
 
 
-def apply_automations(pools: PoolsConfig) -> dict[str, str]:
+def apply_automations(
+    pools: PoolsConfig, sla: SLAConfig | None = None, alerts_url: str | None = None, block: str = "nightshift-alerts"
+) -> dict[str, str]:
     """Create or update nightshift's automations; returns name → automation id.
 
     The deployments must be registered first (``prefect deploy --all``): the automations point at
-    them by id.
+    them by id. SLA alerts need a webhook: ``alerts_url``, or an existing block named ``block``;
+    without either, only the preemption automation is applied.
     """
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
@@ -91,5 +216,22 @@ def apply_automations(pools: PoolsConfig) -> dict[str, str]:
                 f"deployments {pools.spot_deployment!r}/{pools.dedicated_deployment!r} are not registered; "
                 "run `prefect --no-prompt deploy --all` (or `nightshift up`) first"
             ) from exc
-        automation = preemption_automation(str(spot.id), str(dedicated.id))
-        return {automation.name: _upsert(client, automation)}
+        automations = [preemption_automation(str(spot.id), str(dedicated.id))]
+        block_id = apply_alert_block(block, alerts_url) if alerts_url else _block_id(client, block)
+        if block_id is not None and spot.work_pool_name:
+            automations += sla_automations(
+                block_id=block_id,
+                spot_pool=spot.work_pool_name,
+                dedicated_deployment_id=str(dedicated.id),
+                tier_hours=(sla or SLAConfig()).hours(),
+            )
+        return {a.name: _upsert(client, a) for a in automations}
+
+
+def _block_id(client, name: str) -> str | None:  # noqa: ANN001 - prefect client, imported lazily
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return str(client.read_block_document_by_name(name, block_type_slug="custom-webhook").id)
+    except ObjectNotFound:
+        return None

@@ -6,6 +6,8 @@ and passes small handles (paths, specs, manifests) between tasks, never the requ
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from datetime import UTC, datetime
 from uuid import UUID
@@ -17,13 +19,15 @@ from prefect_ray.task_runners import RayTaskRunner
 from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
+from flows.watch import BatchEvents, SLAWatch, alert_once
 from nightshift.core.artifacts import Manifest, RequestCounts
 from nightshift.core.protocol import Endpoint, Usage
 from nightshift.core.runs import BatchRunParameters, default_batch_id
-from nightshift.core.sla import SLAReport
+from nightshift.core.sla import SLAReport, deadline_for
 from nightshift.engine.runner import EngineSpec, ray_init_kwargs
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
+from nightshift.storage.pools import read_throughput
 from tasks.infer import run_inference
 from tasks.model import resolve_model_task
 from tasks.publish import publish_results
@@ -64,6 +68,18 @@ def _work_pool() -> str | None:
         return client.read_flow_run(UUID(run_id)).work_pool_name
 
 
+def _terminate_on_sigterm() -> None:
+    """Let SIGTERM end this process as it normally would.
+
+    The Ray driver (started by the task runner) turns SIGTERM into ``SystemExit``, which Prefect
+    records as a *crash*; a worker cancelling the run (the at-risk escalation does) would then
+    look like a preemption and be resumed twice. With the default action the run ends Cancelled
+    when it was cancelled, and Crashed when something else killed it.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread (a flow called from a thread)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @flow(
     name="process-batch",
     description="Run one OpenAI-format batch file through vLLM on Ray and publish versioned results.",
@@ -73,21 +89,56 @@ def _work_pool() -> str | None:
 def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -> BatchRunResult:
     """validate → shard → infer → publish → check SLA for one batch file.
 
-    ``resumed_from`` is set by the preemption automation: the id of the crashed spot flow run
-    this run takes over (its finished shards are reused, since the batch version is the same).
+    ``resumed_from`` is set by the automations that move a batch to the dedicated pool (a spot run
+    crashed, or was cancelled as at risk): the id of the run this one takes over. Its finished
+    shards are reused, since the batch version is the same.
     """
     log = get_run_logger()
+    _terminate_on_sigterm()
+    settings = Settings()
     pool = _work_pool()
+    submitted_at = params.submitted_at or datetime.now(UTC)
+    deadline = params.deadline or deadline_for(submitted_at, params.tier, settings.sla.hours())
+    batch_id = params.batch_id or default_batch_id(params.input_uri)
+    events = BatchEvents(flow_run_id=flow_run.get_id(), batch_id=batch_id, tier=params.tier.value, pool=pool, deadline=deadline)
+    events.start({"input_uri": params.input_uri, "submitted_at": submitted_at.isoformat(), "resumed_from": resumed_from})
     if params.placement is not None:
         log.info("placed on %s (%s): %s", params.placement.pool, params.placement.kind, params.placement.reason)
     if resumed_from:
-        log.info("resuming the batch of crashed flow run %s on pool %s", resumed_from, pool)
-    settings = Settings()
-    submitted_at = params.submitted_at or datetime.now(UTC)
+        log.info("taking over the batch of flow run %s on pool %s", resumed_from, pool)
+    try:
+        result = _process(params, settings, batch_id, submitted_at, deadline, pool, events)
+    except Exception as exc:  # not BaseException: a cancelled or killed run is moved, not failed
+        events.finish("failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
+    counts = result.request_counts
+    events.finish(
+        "completed",
+        {
+            "version": result.version,
+            "total": counts.total,
+            "completed": counts.completed,
+            "failed": counts.failed,
+            "sla_met": result.sla.met,
+            "slack_seconds": result.sla.slack_seconds,
+        },
+    )
+    return result
+
+
+def _process(
+    params: BatchRunParameters,
+    settings: Settings,
+    batch_id: str,
+    submitted_at: datetime,
+    deadline: datetime,
+    pool: str | None,
+    events: BatchEvents,
+) -> BatchRunResult:
+    log = get_run_logger()
     created_at = datetime.now(UTC)
     storage = resolve_storage(settings.storage)
     store = ArtifactStore.from_config(storage)
-    batch_id = params.batch_id or default_batch_id(params.input_uri)
     engine_cfg = settings.engine
     timings: dict[str, float] = {}
 
@@ -131,10 +182,23 @@ def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -
                 endpoint=batch.endpoint or Endpoint.CHAT_COMPLETIONS,
                 config=engine_cfg,
             )
+            watch = SLAWatch(
+                store=store,
+                paths=paths,
+                events=events,
+                version=batch.version,
+                total=batch.total_lines,
+                completed=plan.cache_hits,
+                failed=batch.invalid_lines,
+                shard_names={s.name for s in plan.shards},
+                sla=settings.sla,
+                fallback_requests_per_second=read_throughput(store, pool).requests_per_second() if pool else None,
+            )
             t = time.perf_counter()
-            inference = run_inference.submit(
-                storage, batch_id, batch.version, plan.shards, spec, params.fail_after_shards
-            ).result()
+            with watch:
+                inference = run_inference.submit(
+                    storage, batch_id, batch.version, plan.shards, spec, params.fail_after_shards, params.slow_shards_seconds
+                ).result()
             timings["infer_s"] = busy = time.perf_counter() - t
             engine_requests = inference.engine_requests
             reused_shards = len(inference.reused_shards)
@@ -152,11 +216,15 @@ def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -
                 created_at,
                 timings,
                 params.parent,
+                watch.latest,
             ).result()
 
         sla = check_sla.submit(
-            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla, pool
+            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla, pool, deadline
         ).result()
+        if not sla.met:
+            # Finished, but late: the watch saw no pending work past the deadline, so say it here.
+            alert_once(store, paths, events, "sla.breached", {"version": batch.version, "slack_seconds": sla.slack_seconds})
 
     return BatchRunResult(
         flow_run_id=flow_run.get_id(),

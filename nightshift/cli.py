@@ -187,8 +187,74 @@ def automations_apply() -> None:
 
     settings = Settings()
     with _stack_api(settings):
-        for name, automation_id in apply_automations(settings.pools).items():
+        url = settings.alerts.webhook_url.get_secret_value() if settings.alerts.webhook_url else None
+        for name, automation_id in apply_automations(settings.pools, settings.sla, url, settings.alerts.block).items():
             console.print(f"automation {name}: {automation_id}")
+
+
+@app.command()
+def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the store.")]) -> None:
+    """Show a batch's latest progress: done/total, rate, ETA, slack against its deadline, risk."""
+    from nightshift.core.progress import Progress
+    from nightshift.storage import ArtifactStore
+
+    store = ArtifactStore.from_config(Settings().storage)
+    files = store.fs.glob(f"{store.root}/batches/{batch_id}/*/progress.json")
+    if not files:
+        console.print(f"[red]no progress recorded for batch {batch_id!r} in {store.url}[/red]")
+        raise typer.Exit(1)
+    p = Progress.model_validate_json(store.read_bytes(max(files, key=lambda f: store.fs.modified(f))))
+
+    def _s(x: float | None) -> str:
+        return "?" if x is None else f"{x:.0f} s"
+
+    rate = "?" if p.requests_per_second is None else f"{p.requests_per_second:.2f} req/s"
+    table = Table(title=f"batch {p.batch_id} · version {p.version} · {p.tier} on {p.pool or '-'}")
+    for col in ("done", "failed", "rate", "ETA", "deadline", "slack", "risk"):
+        table.add_column(col)
+    table.add_row(
+        f"{p.completed + p.failed}/{p.total} ({p.percent:.0f}%)",
+        str(p.failed),
+        rate,
+        _s(p.eta_seconds),
+        f"{p.deadline:%Y-%m-%d %H:%M:%S} UTC",
+        _s(p.slack_seconds),
+        p.risk.value,
+    )
+    console.print(table)
+    for w in p.warnings:
+        console.print(f"[yellow]warning[/yellow] {w.code}: {w.message}", soft_wrap=True)
+    console.print(f"as of {p.updated_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+alerts_app = typer.Typer(help="SLA alerts received on this machine.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new alerts.")] = False,
+) -> None:
+    """Print the SLA alerts `nightshift up`'s local sink received (when no webhook is configured)."""
+    import json
+
+    path = Settings().home / "alerts.jsonl"
+    seen = 0
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines[seen:]:
+            alert = json.loads(line)
+            try:
+                body = json.loads(alert.get("body", "{}"))
+            except ValueError:
+                body = {"text": alert.get("body")}
+            when = time.strftime("%H:%M:%S", time.localtime(alert.get("received_at", 0)))
+            console.print(f"{when} [bold]{body.get('alert', '?')}[/bold] {alert.get('subject', '')}", soft_wrap=True)
+            console.print(f"         {json.dumps({k: v for k, v in body.items() if k != 'progress'})}", soft_wrap=True)
+        seen = len(lines)
+        if not follow:
+            return
+        time.sleep(1)
 
 
 @app.command()
@@ -210,7 +276,7 @@ def up(
 
     from deployments.automations import apply_automations
     from deployments.pools import ROOT, apply_pools, deploy_all, load_pools
-    from nightshift.services import local_prefect_server, local_ray_head, start_worker, stop_process_groups
+    from nightshift.services import AlertSink, local_prefect_server, local_ray_head, start_worker, stop_process_groups
 
     settings = Settings()
     stopping = False
@@ -243,7 +309,11 @@ def up(
         pools = load_pools()
         apply_pools(pools, pool_type)
         deploy_all(env)
-        automations = apply_automations(settings.pools)
+        alerts_url = settings.alerts.webhook_url.get_secret_value() if settings.alerts.webhook_url else None
+        if alerts_url is None:
+            # No webhook configured: alerts land in a file on this machine (`nightshift alerts tail`).
+            alerts_url = stack.enter_context(AlertSink(settings.home / "alerts.jsonl")).url
+        automations = apply_automations(settings.pools, settings.sla, alerts_url, settings.alerts.block)
 
         workers: dict[str, Any] = {}
         logs = settings.home / "workers"
@@ -264,6 +334,9 @@ def up(
             table.add_row(f"pool {pool.name}", f"{pool.kind}, limit {pool.concurrency_limit}, worker log {logs / pool.name}.log")
         for name in automations:
             table.add_row("automation", name)
+        table.add_row(
+            "alerts", alerts_url if settings.alerts.webhook_url else f"{settings.home / 'alerts.jsonl'} (nightshift alerts tail)"
+        )
         console.print(table)
         console.print(f"export PREFECT_API_URL={url}   # then: nightshift submit FILE --tier premium", soft_wrap=True)
         console.print("ready", soft_wrap=True)

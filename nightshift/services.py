@@ -171,3 +171,46 @@ def local_prefect_server(
         yield url
     finally:
         stop_process_group(proc)
+
+
+class AlertSink:
+    """A webhook receiver on 127.0.0.1 for local runs: every POSTed alert is appended to a JSONL
+    file (what ``nightshift alerts tail`` reads). Stands in for Slack or a pager on one machine;
+    the automations post to it exactly as they would to a real webhook."""
+
+    def __init__(self, path: Path, port: int | None = None) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = threading.Lock()
+        sink = self
+
+        class _Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    alert = json.loads(raw)
+                except ValueError:
+                    alert = {"raw": raw.decode(errors="replace")}
+                with lock, open(sink.path, "a") as f:
+                    f.write(json.dumps({"received_at": time.time(), **alert}) + "\n")
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:  # quiet: the file is the log
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port or 0), _Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="alert-sink", daemon=True)
+
+    def __enter__(self) -> AlertSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

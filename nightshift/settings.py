@@ -140,6 +140,21 @@ class SLAConfig(BaseModel):
     basic_hours: float = Field(default=24.0, gt=0)
     free_hours: float = Field(default=72.0, gt=0)
 
+    at_risk_margin_seconds: float = Field(
+        default=360.0,
+        ge=0,
+        description="At risk when the ETA exceeds the time left by more than this (0.1 h).",
+    )
+    min_requests_per_second: float = Field(default=5.0, ge=0, description="Warn below this throughput while work remains.")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Warn when failed / finished requests exceed this.")
+    max_accelerator_utilisation: float = Field(
+        default=0.9, ge=0, le=1, description="Warn when the engine reports accelerator utilisation above this."
+    )
+    progress_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Progress is published on every finished shard and at least this often."
+    )
+    rate_window_seconds: float = Field(default=120.0, gt=0, description="Sliding window for requests/s and tokens/s.")
+
     def hours(self) -> dict[str, float]:
         """Tier name → deadline in hours."""
         return {
@@ -148,6 +163,17 @@ class SLAConfig(BaseModel):
             "basic": self.basic_hours,
             "free": self.free_hours,
         }
+
+
+class AlertsConfig(BaseModel):
+    """Where SLA alerts go: a webhook Prefect's automations post to (Slack-compatible or any HTTP).
+
+    Without a URL, ``nightshift up`` runs a local sink on 127.0.0.1 that appends every alert to
+    ``{home}/alerts.jsonl`` (``nightshift alerts tail`` shows them).
+    """
+
+    webhook_url: SecretStr | None = Field(default=None, description="Webhook URL (a secret: Slack URLs carry a token).")
+    block: str = Field(default="nightshift-alerts", description="Name of the notification block the automations use.")
 
 
 class PoolsConfig(BaseModel):
@@ -184,3 +210,4 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sla: SLAConfig = Field(default_factory=SLAConfig)
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)

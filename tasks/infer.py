@@ -29,6 +29,7 @@ def run_inference(
     shards: list[ShardSpec],
     engine: EngineSpec,
     fail_after_shards: int | None = None,
+    slow_shards_seconds: float | None = None,
 ) -> InferenceReport:
     """Run the shards that have no results yet; a shard's results are written when it finishes."""
     import time
@@ -60,6 +61,8 @@ def run_inference(
         nonlocal done
         done += 1
         log.info("%s: %d requests (%d errors) in %.1fs", outcome.name, outcome.num_requests, outcome.num_errors, outcome.seconds)
+        if slow_shards_seconds:
+            time.sleep(slow_shards_seconds)  # SLA drill: hold back the next shard like a slow pool
         if fail_after_shards is not None and done >= fail_after_shards:
             raise EngineError(f"fault injected after {done} shard(s) (fail_after_shards={fail_after_shards})")
 

@@ -23,6 +23,7 @@ from nightshift.core.artifacts import (
 from nightshift.core.cache import CacheEntry
 from nightshift.core.hashing import sha256_bytes
 from nightshift.core.lineage import Lineage
+from nightshift.core.progress import Progress
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 from nightshift.storage.cache import ResultCache
@@ -47,6 +48,7 @@ def publish_results(
     created_at: datetime,
     timings: dict[str, float],
     lineage: Lineage | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Merge validation errors and shard results into the output/error files and the manifest."""
     store = ArtifactStore.from_config(storage)
@@ -114,6 +116,7 @@ def publish_results(
         cache=CacheStats(cacheable=plan.cacheable, hits=plan.cache_hits),
         usage=total_usage(rows),
         timings=timings,
+        progress=progress,
     )
     store.write_bytes(paths.manifest, manifest.to_json())
     # Entries are written after the manifest: they point at results that are now published.

@@ -25,6 +25,7 @@ def check_sla(
     busy_seconds: float,
     sla: SLAConfig,
     pool: str | None = None,
+    deadline: datetime | None = None,
 ) -> SLAReport:
     """Record whether the batch met its tier's deadline, the slack left and the throughput; the
     throughput also goes into ``pool``'s log, which placement estimates later runtimes from."""
@@ -37,6 +38,7 @@ def check_sla(
         tokens=engine_tokens,
         busy_seconds=busy_seconds,
         tier_hours=sla.hours(),
+        deadline=deadline,
     )
     store = ArtifactStore.from_config(storage)
     store.write_bytes(store.batch(manifest.batch_id, manifest.version).sla, report.model_dump_json(indent=2).encode())

@@ -8,7 +8,7 @@ chosen pool's workers and returns at once.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
@@ -146,7 +146,7 @@ def submit_batch(
     submitted_at = submitted_at or datetime.now(UTC)
     input_uri = _absolute(input_uri)
     requests = count_requests(input_uri, settings)
-    deadline = deadline_for(submitted_at, tier, settings.sla.hours())
+    deadline = params.get("deadline") or deadline_for(submitted_at, tier, settings.sla.hours())
     spot, dedicated = read_pool_states(settings)
     placement = choose_pool(
         requests=requests,
@@ -176,10 +176,11 @@ def submit_batch(
     )
 
 
-def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0) -> list[FlowRun]:
-    """Wait for the batch started as ``flow_run_id`` to finish, following it across preemption:
-    when a spot run crashes, the automation's dedicated run (``resumed_from`` = the crashed run)
-    carries on. Returns every flow run the batch went through, the final one last.
+def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0, handoff: float = 60.0) -> list[FlowRun]:
+    """Wait for the batch started as ``flow_run_id`` to finish, following it when it moves: a spot
+    run that crashed (preempted) or was cancelled as at risk is taken over by a dedicated run
+    whose ``resumed_from`` names it. Returns every flow run the batch went through, the final one
+    last. A crashed or cancelled run that no run takes over within ``handoff`` seconds is final.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
@@ -187,28 +188,31 @@ def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0
 
     chain: list[FlowRun] = []
     deadline = time.monotonic() + timeout
-    current = flow_run_id
+    current: str | None = flow_run_id
     with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
+        while current is not None and time.monotonic() < deadline:
             run = client.read_flow_run(UUID(current))
             if run.state is None or not run.state.is_final():
                 time.sleep(poll)
                 continue
             chain.append(run)
-            if run.state.name != "Crashed":
+            if run.state.name not in ("Crashed", "Cancelled"):
                 return chain
-            successor = None
-            while successor is None and time.monotonic() < deadline:
-                # The automation's run starts after the crash: look among the newest runs only.
+            current = None
+            handoff_until = min(time.monotonic() + handoff, deadline)
+            while current is None and time.monotonic() < handoff_until:
+                # The run taking over starts around the end of this one: look among the newest only.
+                since = (run.end_time or run.start_time or run.expected_start_time) - timedelta(minutes=1)
                 candidates = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=run.end_time)),
+                    flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,
                     limit=200,
                 )
                 successor = next((c for c in candidates if c.parameters.get("resumed_from") == str(run.id)), None)
-                if successor is None:
+                if successor is not None:
+                    current = str(successor.id)
+                else:
                     time.sleep(poll)
-            if successor is None:
-                break
-            current = str(successor.id)
+            if current is None:
+                return chain
     raise TimeoutError(f"batch of flow run {flow_run_id} not finished after {timeout:.0f}s (runs so far: {len(chain)})")

@@ -12,6 +12,8 @@ Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/
         output.jsonl  errors.jsonl    OpenAI batch output and error files (input order)
         manifest.json                 written last: its presence means the version is published
         sla.json                      SLA report of the latest run of this version
+        progress.json                 live progress while a run computes it (ETA, slack, risk)
+        alerts.json                   SLA alerts already raised for this version (one of each kind)
     {root}/cache/{key[:2]}/{key}.json  request cache entries (see nightshift.core.cache)
     {root}/pools/{pool}/throughput.json  measured throughput per work pool (placement reads it)
 """
@@ -80,6 +82,14 @@ class BatchPaths:
     @property
     def sla(self) -> str:
         return f"{self.root}/sla.json"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.root}/progress.json"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.root}/alerts.json"
 
 
 class ArtifactStore:

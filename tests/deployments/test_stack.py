@@ -7,7 +7,6 @@ engine settings as the other flow tests), and the adapter's request counter sees
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from batchfiles import read_jsonl, write_batch
 from engines import engine_requests_served
 
@@ -31,63 +29,6 @@ def _prefect(*args: str, env: dict[str, str]) -> str:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout
-
-
-def _online_workers(pool: str) -> int:
-    from prefect import get_client
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
-
-    with get_client(sync_client=True) as client:
-        online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
-        return len(client.read_workers_for_work_pool(pool, worker_filter=online))
-
-
-@pytest.fixture(scope="module")
-def stack(prefect_api, ray_session, tiny_model, tmp_path_factory):
-    """`nightshift up` as a user runs it, joined to the session's Prefect and Ray; stopped by its pid."""
-    import ray
-
-    from nightshift.services import start_process, stop_process_group
-
-    home = tmp_path_factory.mktemp("up-home")
-    store = home / "store"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_api,
-        "NIGHTSHIFT_HOME": str(home),
-        "NIGHTSHIFT_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
-        "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
-        "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
-        "NIGHTSHIFT_STORAGE_ROOT": str(store),
-        "NIGHTSHIFT_STORAGE_SHARD_SIZE": "5",
-    }
-    log = home / "up.log"
-    proc = start_process([sys.executable, "-m", "nightshift.cli", "up"], env, log)
-    try:
-        deadline = time.monotonic() + 240
-        while not (log.exists() and "ready" in log.read_text()):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(1)
-        while not all(_online_workers(p) for p in POOLS):
-            assert time.monotonic() < deadline, "workers never came online: " + log.read_text()
-            time.sleep(1)
-        yield {"env": env, "store": store, "home": home, "log": log}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)  # `up` stops its workers on SIGTERM
-        stop_process_group(proc)
-
-
-@pytest.fixture
-def settings(stack, monkeypatch):
-    """This process's settings pointed at the stack's store (placement reads throughput there)."""
-    from nightshift.settings import Settings
-
-    monkeypatch.setenv("NIGHTSHIFT_STORAGE_ROOT", str(stack["store"]))
-    return Settings()
 
 
 def _ids_once(run_output: str, run_errors: str, expected: set[str]) -> None:
@@ -115,8 +56,18 @@ def test_up_registers_pools_deployments_and_the_preemption_automation(stack):
     assert run.returncode == 0, run.stdout + run.stderr
     from prefect import get_client
 
+    run = subprocess.run(
+        [sys.executable, "-m", "nightshift.cli", "automations", "apply"], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("gpu-spot").concurrency_limit == 2
+        for name in (
+            "nightshift-preempted-spot-resumes-on-dedicated",
+            "nightshift-sla-at-risk-escalates",
+            "nightshift-sla-silent-free",
+        ):
+            assert len(client.read_automations_by_name(name)) == 1  # updated in place, not duplicated
         assert sorted(p.name for p in client.read_work_pools() if p.name in POOLS) == sorted(POOLS)
 
 

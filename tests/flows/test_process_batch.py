@@ -66,7 +66,8 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[result.flow_run_id]))
         )
     kinds = {a.type: a for a in arts}
-    assert set(kinds) == {"markdown", "table"}
+    assert set(kinds) == {"markdown", "table", "progress"}
+    assert kinds["progress"].data == 100.0  # the SLA watch's last update
     assert result.version in kinds["markdown"].data and "| 50 | 47 | 3 |" in kinds["markdown"].data
     assert "req-000" in str(kinds["table"].data)
 

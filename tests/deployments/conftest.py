@@ -1,0 +1,73 @@
+"""The stack `nightshift up` starts, shared by the tests that need pools, workers and automations."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+POOLS = ("gpu-spot", "gpu-dedicated", "nightshift-ops")
+
+
+def _online_workers(pool: str) -> int:
+    from prefect import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    with get_client(sync_client=True) as client:
+        online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
+        return len(client.read_workers_for_work_pool(pool, worker_filter=online))
+
+
+@pytest.fixture(scope="session")
+def stack(prefect_api, ray_session, tiny_model, tmp_path_factory):
+    """`nightshift up` as a user runs it, joined to the session's Prefect and Ray; stopped by its pid."""
+    import ray
+
+    from nightshift.services import start_process, stop_process_group
+
+    home = tmp_path_factory.mktemp("up-home")
+    store = home / "store"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "NIGHTSHIFT_HOME": str(home),
+        "NIGHTSHIFT_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
+        "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
+        "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
+        "NIGHTSHIFT_STORAGE_ROOT": str(store),
+        "NIGHTSHIFT_STORAGE_SHARD_SIZE": "5",
+        # The seconds-scale SLA drills need at-risk to mean "ETA past the deadline", not 6 min past it.
+        "NIGHTSHIFT_SLA_AT_RISK_MARGIN_SECONDS": "0",
+    }
+    log = home / "up.log"
+    proc = start_process([sys.executable, "-m", "nightshift.cli", "up"], env, log)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.exists() and "ready" in log.read_text()):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        while not all(_online_workers(p) for p in POOLS):
+            assert time.monotonic() < deadline, "workers never came online: " + log.read_text()
+            time.sleep(1)
+        yield {"env": env, "store": store, "home": home, "log": log}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)  # `up` stops its workers on SIGTERM
+        stop_process_group(proc)
+
+
+@pytest.fixture
+def settings(stack, monkeypatch):
+    """This process's settings pointed at the stack's store (placement reads throughput there)."""
+    from nightshift.settings import Settings
+
+    monkeypatch.setenv("NIGHTSHIFT_STORAGE_ROOT", str(stack["store"]))
+    return Settings()
