@@ -165,6 +165,35 @@ class SLAConfig(BaseModel):
         }
 
 
+class ApiConfig(BaseModel):
+    """The OpenAI-compatible Files/Batches gateway (``nightshift serve``)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on.")
+    database_url: str = Field(
+        default=f"sqlite+aiosqlite:///{DEFAULT_HOME / 'gateway.db'}",
+        description="Async SQLAlchemy URL of the gateway database (SQLite file; postgresql+asyncpg://... for Postgres).",
+    )
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 key for bearer JWTs (None: HS256 tokens refused).")
+    jwt_public_key: str | None = Field(default=None, description="PEM public key for RS256 bearer JWTs.")
+    jwt_audience: str = Field(default="nightshift", description="Required 'aud' claim of bearer JWTs.")
+    free_requests_per_hour: int = Field(default=100, ge=0, description="API calls per key per hour on the free tier.")
+    basic_requests_per_hour: int = Field(default=500, ge=0, description="API calls per key per hour on the basic tier.")
+    premium_requests_per_hour: int = Field(default=2_000, ge=0, description="API calls per key per hour on the premium tier.")
+    enterprise_requests_per_hour: int = Field(
+        default=10_000, ge=0, description="API calls per key per hour on the enterprise tier."
+    )
+
+    def requests_per_hour(self) -> dict[str, int]:
+        """Tier name → API calls per key per hour."""
+        return {
+            "free": self.free_requests_per_hour,
+            "basic": self.basic_requests_per_hour,
+            "premium": self.premium_requests_per_hour,
+            "enterprise": self.enterprise_requests_per_hour,
+        }
+
+
 class AlertsConfig(BaseModel):
     """Where SLA alerts go: a webhook Prefect's automations post to (Slack-compatible or any HTTP).
 
@@ -211,3 +240,4 @@ class Settings(BaseSettings):
     sla: SLAConfig = Field(default_factory=SLAConfig)
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
