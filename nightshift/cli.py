@@ -227,6 +227,128 @@ def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the
     console.print(f"as of {p.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
+keys_app = typer.Typer(help="Gateway API keys and tokens.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default NIGHTSHIFT_API_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default NIGHTSHIFT_API_PORT, 8080).")] = None,
+) -> None:
+    """Run the OpenAI-compatible Files/Batches gateway (needs a Prefect API with the deployments)."""
+    import logging
+
+    import uvicorn
+
+    from nightshift.api.app import create_app
+
+    settings = Settings()
+    # One JSON line per request from the app's access logger (uvicorn's own access log is off).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    api_log = logging.getLogger("nightshift.api")
+    api_log.setLevel(logging.INFO)
+    api_log.addHandler(handler)
+    api_log.propagate = False
+    with _stack_api(settings):
+        uvicorn.run(
+            create_app(settings),
+            host=host or settings.api.host,
+            port=port or settings.api.port,
+            log_level="info",
+            access_log=False,
+        )
+
+
+def _run_db(fn: Any) -> Any:
+    """Run ``fn(session)`` against the gateway database (migrated first) and commit."""
+    import asyncio
+
+    from nightshift.api.db import Database
+
+    async def main() -> Any:
+        database = Database(Settings().api.database_url)
+        await database.migrate()
+        try:
+            async with database.session() as session:
+                result = await fn(session)
+                await session.commit()
+                return result
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="Organisation the key acts for (created if new).")],
+    tier: Annotated[Tier, typer.Option(help="SLA tier and rate limit of the key.")] = Tier.BASIC,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    webhook_url: Annotated[str | None, typer.Option(help="Default webhook for this key's batches.")] = None,
+) -> None:
+    """Create an API key; the secret is printed once and stored only as a hash."""
+    from nightshift.api import db
+    from nightshift.api.auth import create_api_key
+
+    async def make(session: Any) -> tuple[Any, str]:
+        found = await db.get_org_by_name(session, org)
+        found = found or await db.create_org(session, org, tier.value)
+        return await create_api_key(session, found, name, tier=tier.value, default_webhook_url=webhook_url)
+
+    key, secret = _run_db(make)
+    console.print(f"key {key.id} for org {org} ({tier.value}); the secret is shown once:", soft_wrap=True)
+    print(secret)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or the key's prefix.")]) -> None:
+    """Revoke an API key: it is refused from the next request on."""
+    from nightshift.api.auth import revoke_api_key
+
+    _run_db(lambda session: revoke_api_key(session, key))
+    console.print(f"revoked {key}")
+
+
+@keys_app.command("token")
+def keys_token(
+    org: Annotated[str, typer.Option(help="Organisation the token acts for.")],
+    sub: Annotated[str, typer.Option(help="Subject (who the token is for).")],
+    tier: Annotated[Tier | None, typer.Option(help="Tier claim (default: the org's).")] = None,
+    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+) -> None:
+    """Issue an HS256 bearer JWT signed with NIGHTSHIFT_API_JWT_SECRET (prints it)."""
+    from nightshift.api.auth import issue_jwt
+
+    print(issue_jwt(Settings().api, org=org, sub=sub, tier=tier.value if tier else None, ttl_seconds=ttl))
+
+
+@keys_app.command("revoke-token")
+def keys_revoke_token(jti: Annotated[str, typer.Argument(help="The token's jti claim.")]) -> None:
+    """Revoke a bearer JWT by its jti: refused from the next request on."""
+    from nightshift.api.auth import revoke_token
+
+    _run_db(lambda session: revoke_token(session, jti))
+    console.print(f"revoked token {jti}")
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(org: Annotated[str, typer.Option(help="Organisation.")]) -> None:
+    """Print the org's webhook signing secret (receivers verify X-Nightshift-Signature with it)."""
+    from nightshift.api import db
+
+    async def read(session: Any) -> str | None:
+        found = await db.get_org_by_name(session, org)
+        return found.webhook_secret if found else None
+
+    secret = _run_db(read)
+    if secret is None:
+        console.print(f"[red]no org {org!r}[/red]")
+        raise typer.Exit(1)
+    print(secret)
+
+
 alerts_app = typer.Typer(help="SLA alerts received on this machine.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 

@@ -10,7 +10,15 @@ HEAVY = ("vllm", "torch", "ray", "transformers", "prefect")
 
 @pytest.mark.parametrize(
     "module",
-    ["nightshift.core", "nightshift.settings", "nightshift.storage", "nightshift.cli", "nightshift.api", "nightshift.core.runs"],
+    [
+        "nightshift.core",
+        "nightshift.settings",
+        "nightshift.storage",
+        "nightshift.cli",
+        "nightshift.api",
+        "nightshift.api.app",
+        "nightshift.core.runs",
+    ],
 )
 def test_light_modules_do_not_import_the_gpu_stack(module):
     code = (

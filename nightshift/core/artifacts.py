@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.lineage import Lineage
 from nightshift.core.progress import Progress
-from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage
+from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage, ValidRequest
 
 MANIFEST_SCHEMA = "nightshift.manifest/v1"
 
@@ -152,3 +152,14 @@ class Manifest(BaseModel):
     def to_json(self) -> bytes:
         """Pretty JSON bytes, with the ``schema`` key as written on disk."""
         return self.model_dump_json(by_alias=True, indent=2).encode()
+
+
+def unanswered_rows(valid: Iterable[ValidRequest], answered: Iterable[ResultRow], *, code: str, message: str) -> list[ResultRow]:
+    """Error rows for the valid requests that have no result yet (a cancelled or expired batch
+    still accounts for every line: finished ones in the output file, the rest as errors)."""
+    done = {r.line for r in answered}
+    return [
+        ResultRow(line=v.line, custom_id=v.custom_id, error=BatchError(code=code, message=message, line=v.line))
+        for v in valid
+        if v.line not in done
+    ]

@@ -1,0 +1,309 @@
+"""The gateway, live on loopback, driven by the unchanged official `openai` client against real
+flow runs on the stack's workers (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from batchfiles import write_batch
+from openai.types.chat import ChatCompletion
+
+from nightshift.services import free_port, start_process, stop_process_group
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "nightshift.cli", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+def _start(env: dict[str, str], port: int, log) -> subprocess.Popen:
+    proc = start_process([sys.executable, "-m", "nightshift.cli", "serve", "--port", str(port)], env, log)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def gateway(stack, tmp_path_factory):
+    home = tmp_path_factory.mktemp("gateway")
+    env = {
+        **stack["env"],
+        "NIGHTSHIFT_API_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'gateway.db'}",
+        "NIGHTSHIFT_API_JWT_SECRET": "test-secret-for-hs256-tokens-0123456789",
+        "NIGHTSHIFT_API_FREE_REQUESTS_PER_HOUR": "6",
+        "NIGHTSHIFT_LIMITS_MAX_LINES": "100",  # the gateway's upload limit (the workers keep their own)
+    }
+    acme = _cli(env, "keys", "create", "--org", "acme", "--tier", "premium").strip().splitlines()[-1]
+    globex = _cli(env, "keys", "create", "--org", "globex", "--tier", "free").strip().splitlines()[-1]
+    port = free_port()
+    state = {"env": env, "port": port, "log": home / "gateway.log", "keys": {"acme": acme, "globex": globex}}
+    state["proc"] = _start(env, port, state["log"])
+    yield state
+    stop_process_group(state["proc"])
+
+
+def _client(gateway, org: str = "acme", **kw) -> openai.OpenAI:
+    key = kw.pop("api_key", None) or gateway["keys"][org]
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{gateway['port']}/v1", api_key=key, max_retries=0, **kw)
+
+
+def _wait(client: openai.OpenAI, batch_id: str, timeout: float = 300, until=TERMINAL):
+    deadline = time.monotonic() + timeout
+    while (b := client.batches.retrieve(batch_id)).status not in until:
+        assert time.monotonic() < deadline, b
+        time.sleep(0.5)
+    return b
+
+
+def test_openai_client_runs_a_batch_end_to_end(gateway, tmp_path):
+    client = _client(gateway)
+    src = tmp_path / "requests.jsonl"
+    write_batch(src, 9, ["unknown_url"], max_tokens=6)
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+    assert (uploaded.purpose, uploaded.bytes, uploaded.status) == ("batch", src.stat().st_size, "processed")
+    assert client.files.content(uploaded.id).content == src.read_bytes()
+
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "e2e"}
+    )
+    assert batch.status == "validating" and batch.metadata == {"job": "e2e"}
+    done = _wait(client, batch.id)
+    assert done.status == "completed", done
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 9, 1)
+    assert done.completed_at >= done.created_at and done.usage.output_tokens == 9 * 6
+
+    out = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    err = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == [f"req-{i:03d}" for i in range(9)]
+    for line in out:
+        ChatCompletion.model_validate(line["response"]["body"])  # the client's own type
+    assert [e["custom_id"] for e in err] == ["bad-url"]
+    extra = done.model_extra["nightshift"]
+    assert extra["tier"] == "premium" and extra["pool"] in ("gpu-spot", "gpu-dedicated") and extra["version"]
+
+    # Another org sees none of it.
+    other = _client(gateway, "globex")
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(uploaded.id)
+
+
+def test_cancel_mid_run_publishes_partial_results(gateway, tmp_path):
+    client = _client(gateway)
+    src = tmp_path / "cancel.jsonl"
+    write_batch(src, 40, max_tokens=5)  # 8 shards of 5
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"nightshift_drill_slow_shards_seconds": "3"},
+    )
+    deadline = time.monotonic() + 120
+    while (b := client.batches.retrieve(batch.id)).request_counts.completed == 0:
+        assert b.status in ("validating", "in_progress") and time.monotonic() < deadline, b
+        time.sleep(0.3)
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    done = _wait(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    out = client.files.content(done.output_file_id).text.splitlines()
+    err = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert 0 < len(out) < 40 and len(out) + len(err) == 40
+    assert {e["error"]["code"] for e in err} == {"batch_cancelled"}
+    ids = sorted([json.loads(x)["custom_id"] for x in out] + [e["custom_id"] for e in err])
+    assert ids == [f"req-{i:03d}" for i in range(40)]
+
+    page = client.batches.list(limit=1)
+    assert len(page.data) == 1 and page.has_more and page.data[0].id == batch.id  # newest first
+    rest = client.batches.list(limit=10, after=batch.id)
+    assert batch.id not in [b.id for b in rest.data] and rest.data
+
+
+def test_errors_speak_openai(gateway, tmp_path):
+    with pytest.raises(openai.AuthenticationError):
+        _client(gateway, api_key="ns-not-a-key").files.list()
+    no_key = httpx.get(f"http://127.0.0.1:{gateway['port']}/v1/files")
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
+    client = _client(gateway)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not\na batch file\n")
+    with pytest.raises(openai.BadRequestError, match="no line is a JSON object"):
+        client.files.create(file=bad.open("rb"), purpose="batch")
+    good = tmp_path / "ok.jsonl"
+    write_batch(good, 2)
+    uploaded = client.files.create(file=good.open("rb"), purpose="batch")
+    with pytest.raises(openai.BadRequestError, match="unsupported endpoint"):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-doesnotexist", endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def test_tokens_limits_and_rate_limits(gateway, tmp_path):
+    import jwt as pyjwt
+
+    env, base = gateway["env"], f"http://127.0.0.1:{gateway['port']}/v1"
+    token = _cli(env, "keys", "token", "--org", "acme", "--sub", "ci-bot").strip()
+    assert _client(gateway, api_key=token).files.list().object == "list"
+    expired = _cli(env, "keys", "token", "--org", "acme", "--sub", "ci-bot", "--ttl", "-10").strip()
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        _client(gateway, api_key=expired).files.list()
+    jti = pyjwt.decode(token, options={"verify_signature": False})["jti"]
+    _cli(env, "keys", "revoke-token", jti)
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        _client(gateway, api_key=token).files.list()
+    key = _cli(env, "keys", "create", "--org", "acme", "--name", "short-lived").strip().splitlines()[-1]
+    _client(gateway, api_key=key).files.list()
+    _cli(env, "keys", "revoke", key[:12])
+    with pytest.raises(openai.AuthenticationError):
+        _client(gateway, api_key=key).files.list()
+
+    big = tmp_path / "big.jsonl"
+    write_batch(big, 101)
+    with pytest.raises(openai.BadRequestError, match="100"):
+        _client(gateway).files.create(file=big.open("rb"), purpose="batch")
+
+    # Free tier: 6 calls an hour (the test's setting); the 7th is refused with Retry-After.
+    free = _cli(env, "keys", "create", "--org", "initech", "--tier", "free").strip().splitlines()[-1]
+    for _ in range(6):
+        assert httpx.get(f"{base}/files", headers={"Authorization": f"Bearer {free}"}).status_code == 200
+    refused = httpx.get(f"{base}/files", headers={"Authorization": f"Bearer {free}"})
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_gateway_restart_mid_batch_loses_nothing(gateway, tmp_path):
+    client = _client(gateway)
+    src = tmp_path / "restart.jsonl"
+    write_batch(src, 30, max_tokens=4)
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"nightshift_drill_slow_shards_seconds": "1"},
+    )
+    _wait(client, batch.id, until=("in_progress", *TERMINAL))
+    stop_process_group(gateway["proc"])  # the gateway goes away mid-batch; the run goes on
+    gateway["proc"] = _start(gateway["env"], gateway["port"], gateway["log"])
+    done = _wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 30
+    assert len(client.files.content(done.output_file_id).text.splitlines()) == 30
+
+
+class _Receiver:
+    """A webhook receiver on loopback that keeps each call's headers and raw body."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        calls = self.calls = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                calls.append((dict(self.headers), body))
+                self.send_response(500 if len(calls) == 1 else 200)  # the first try fails: retried
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_webhook_is_signed_retried_and_sent_once(gateway, tmp_path):
+    from nightshift.api.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+    receiver = _Receiver()
+    client = _client(gateway)
+    src = tmp_path / "hooked.jsonl"
+    write_batch(src, 5, max_tokens=3)
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"webhook_url": receiver.url},
+    )
+    assert _wait(client, batch.id).status == "completed"
+    deadline = time.monotonic() + 30
+    while len(receiver.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # and no third call
+    receiver.server.shutdown()
+    assert len(receiver.calls) == 2  # one failed try, one delivery
+    headers, body = receiver.calls[-1]
+    secret = _cli(gateway["env"], "keys", "webhook-secret", "--org", "acme").strip()
+    assert verify(secret, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert not verify("another-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    event = json.loads(body)
+    assert event["type"] == "batch.completed" and event["data"]["id"] == batch.id
+    assert event["data"]["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+
+    metrics = httpx.get(f"http://127.0.0.1:{gateway['port']}/metrics").text
+    assert 'nightshift_api_webhooks_total{outcome="delivered"}' in metrics
+    assert 'nightshift_api_requests_total{method="POST",route="/v1/batches",status="200"}' in metrics
+
+
+def test_batch_past_its_window_expires_with_every_line_accounted_for(gateway, tmp_path):
+    """A batch still unfinished when its completion window ends: the tracker expires it and
+    publishes partial results (here nothing ran, so every line is a batch_expired error)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from nightshift.api import db
+
+    client = _client(gateway)
+    src = tmp_path / "late.jsonl"
+    write_batch(src, 4, ["invalid_json"])
+    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
+
+    async def insert() -> str:
+        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
+        try:
+            async with database.session() as session:
+                org = await db.get_org_by_name(session, "acme")
+                past = datetime.now(UTC) - timedelta(minutes=1)
+                row = await db.add_batch(
+                    session,
+                    org_id=org.id,
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    tier="premium",
+                    status="in_progress",
+                    created_at=past - timedelta(hours=24),
+                    expires_at=past,
+                )
+                return row.id
+        finally:
+            await database.dispose()
+
+    batch_id = asyncio.run(insert())
+    done = _wait(client, batch_id, timeout=60)
+    assert done.status == "expired" and done.expired_at is not None and done.output_file_id
+    assert client.files.content(done.output_file_id).text == ""
+    errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["req-000", "req-001", "req-002", None, "req-003"]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert done.request_counts.total == 5 and done.request_counts.failed == 5
