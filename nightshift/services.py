@@ -214,3 +214,38 @@ class AlertSink:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextlib.contextmanager
+def local_postgres(folder: Path, *, port: int | None = None, user: str = "nightshift", timeout: float = 60.0) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster in ``folder`` on 127.0.0.1 (trust auth, loopback only);
+    yields ``host:port``. Needs ``initdb``/``postgres`` on PATH; as root (which PostgreSQL refuses)
+    the server runs as ``nobody``, so ``folder`` must be reachable by it (not under a private dir)."""
+    import shutil
+
+    if not (shutil.which("initdb") and shutil.which("postgres")):
+        raise FileNotFoundError("PostgreSQL server binaries (initdb, postgres) are not on PATH")
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "nobody", "--"]
+        shutil.chown(folder, user="nobody")
+    data = folder / "data"
+    if not data.exists():
+        subprocess.run(
+            [*as_user, "initdb", "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+    log = folder / "postgres.log"
+    if as_user:
+        log.touch()
+        shutil.chown(log, user="nobody")
+    args = [*as_user, "postgres", "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]
+    proc = start_process(args, dict(os.environ), log)
+    try:
+        _wait_port(port, proc, timeout, "PostgreSQL", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc, grace=15)
