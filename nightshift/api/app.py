@@ -440,9 +440,7 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
                 await session.commit()
             if changes.get("status") in TERMINAL:
                 metrics.BATCHES.labels(status=changes["status"]).inc()
-                task = asyncio.create_task(_send_webhook(row.id))
-                pending_webhooks.add(task)
-                task.add_done_callback(pending_webhooks.discard)
+                _schedule_webhook(row.id)
         return state.progress
 
     async def _finish_partial(row: Any, status: str, code: str, message: str) -> dict[str, Any]:
@@ -482,6 +480,11 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
 
     pending_webhooks: set[asyncio.Task[None]] = set()  # held so running deliveries are not collected
 
+    def _schedule_webhook(batch_id: str) -> None:
+        task = asyncio.create_task(_send_webhook(batch_id), name=batch_id)
+        pending_webhooks.add(task)
+        task.add_done_callback(pending_webhooks.discard)
+
     async def _track_forever(every: float) -> None:
         while True:
             try:
@@ -489,6 +492,11 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
                     rows = await store_db.unfinished_batches(session)
                 for row in rows:
                     await refresh(row)
+                async with database.session() as session:
+                    owed = await store_db.undelivered_webhooks(session)
+                for row in owed:
+                    if not any(t.get_name() == row.id for t in pending_webhooks):
+                        _schedule_webhook(row.id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one bad poll must not stop tracking

@@ -569,6 +569,18 @@ async def unfinished_batches(session: AsyncSession) -> list[Batch]:
     return list((await session.execute(query)).scalars())
 
 
+async def undelivered_webhooks(session: AsyncSession) -> list[Batch]:
+    """Finished batches whose webhook was never attempted (the gateway stopped between the status
+    change and the delivery): the tracker sends these after a restart."""
+    query = (
+        select(Batch)
+        .where(Batch.status.in_(("completed", "failed", "expired", "cancelled")))
+        .where(Batch.webhook_url.is_not(None), Batch.webhook_status.is_(None))
+        .order_by(Batch.created_at, Batch.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def audit(
     session: AsyncSession,
     org_id: str,

@@ -210,7 +210,7 @@ def test_gateway_restart_mid_batch_loses_nothing(gateway, tmp_path):
 class _Receiver:
     """A webhook receiver on loopback that keeps each call's headers and raw body."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: bool = True) -> None:
         import http.server
         import threading
 
@@ -220,7 +220,7 @@ class _Receiver:
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 calls.append((dict(self.headers), body))
-                self.send_response(500 if len(calls) == 1 else 200)  # the first try fails: retried
+                self.send_response(500 if fail_first and len(calls) == 1 else 200)  # a failed first try is retried
                 self.end_headers()
 
             def log_message(self, *args):
@@ -307,3 +307,65 @@ def test_batch_past_its_window_expires_with_every_line_accounted_for(gateway, tm
     assert [e["custom_id"] for e in errors] == ["req-000", "req-001", "req-002", None, "req-003"]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
     assert done.request_counts.total == 5 and done.request_counts.failed == 5
+
+
+def test_webhook_owed_from_before_a_restart_is_sent(gateway):
+    """A batch that finished while the gateway was down (status written, webhook never tried)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from nightshift.api import db
+
+    receiver = _Receiver(fail_first=False)
+
+    async def insert() -> str:
+        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
+        try:
+            async with database.session() as session:
+                org = await db.get_org_by_name(session, "acme")
+                row = await db.add_batch(
+                    session,
+                    org_id=org.id,
+                    input_file_id="file-gone",
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    tier="premium",
+                    status="completed",
+                    completed_at=datetime.now(UTC),
+                    webhook_url=receiver.url,
+                )
+                return row.id
+        finally:
+            await database.dispose()
+
+    batch_id = asyncio.run(insert())
+    deadline = time.monotonic() + 30
+    while not receiver.calls and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    receiver.server.shutdown()
+    assert len(receiver.calls) == 1 and json.loads(receiver.calls[0][1])["data"]["id"] == batch_id
+
+
+def test_audit_log_records_who_did_what(gateway):
+    """Runs last in this module: the earlier tests created, downloaded and cancelled as acme."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from nightshift.api import db
+
+    async def read() -> list[tuple[str, str | None]]:
+        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
+        try:
+            async with database.session() as session:
+                acme = await db.get_org_by_name(session, "acme")
+                rows = (await session.execute(select(db.AuditLog).where(db.AuditLog.org_id == acme.id))).scalars().all()
+                return [(r.action, r.key_id) for r in rows]
+        finally:
+            await database.dispose()
+
+    entries = asyncio.run(read())
+    actions = {a for a, _ in entries}
+    assert {"file.create", "batch.create", "file.download", "batch.cancel"} <= actions
+    assert all(key for _, key in entries)  # every entry names the key (or jwt:<jti>) that acted
