@@ -112,3 +112,8 @@ class StorageError(NightshiftError):
 class OrchestrationError(NightshiftError):
     """Prefect could not be set up or asked to run something: a pool, deployment or automation is
     missing or was refused."""
+
+
+class ScoringJobError(ValueError, NightshiftError):
+    """A scoring job cannot run as configured: its table lacks a column, its prompt reads an
+    undeclared one. Raised before any row is scored."""
