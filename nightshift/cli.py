@@ -127,6 +127,25 @@ def run(
     _print_summary(result)
 
 
+@app.command()
+def score(
+    job: Annotated[str, typer.Argument(help="Scoring job YAML (see examples/scoring/candidates.yaml).")],
+    tier: Annotated[Tier | None, typer.Option(help="SLA tier of this run (default: the job's).")] = None,
+) -> None:
+    """Run a scoring job once: score new or changed rows, carry the rest over, print the table."""
+    settings = Settings()
+    with _prefect_api(settings):
+        from flows.score_table import ScoreParameters, score_table
+
+        m = score_table(ScoreParameters(job=job, tier=tier))
+    console.print(
+        f"{m.job} version {m.version}: {m.rows} rows ({m.scored} scored, {m.carried} carried over), {m.errors} errors",
+        soft_wrap=True,
+    )
+    console.print(f"results:  {m.results}", soft_wrap=True)
+    console.print(f"errors:   {m.errors_file}", soft_wrap=True)
+
+
 @app.command("retry-failed")
 def retry_failed_cmd(
     batch_id: Annotated[str, typer.Argument(help="A published batch (its name in the store).")],

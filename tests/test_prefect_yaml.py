@@ -13,7 +13,7 @@ def test_every_deployment_entrypoint_loads_and_its_parameters_validate():
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {f"{d['entrypoint'].split(':')[-1]}/{d['name']}" for d in spec["deployments"]}
-    assert {"process_batch/spot", "process_batch/dedicated", "cleanup/daily"} <= names
+    assert {"process_batch/spot", "process_batch/dedicated", "cleanup/daily", "score_table/nightly"} <= names
     for dep in spec["deployments"]:
         # A module path, not a file path: Ray workers must unpickle the flow by an importable name.
         assert ".py:" not in dep["entrypoint"]

@@ -41,6 +41,7 @@ def _processor_config(spec: EngineSpec) -> Any:
         "enforce_eager": cfg.enforce_eager,
         "seed": cfg.seed,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True} if cfg.compact_json else {},
         "served_model_name": spec.served_model_name,
     }
     bundle = {"CPU": cfg.num_cpus} if cfg.device == "cpu" else {"GPU": 1}

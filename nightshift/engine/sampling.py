@@ -56,6 +56,7 @@ def sampling_kwargs(
     fmt = getattr(body, "response_format", None)
     if fmt:
         kind = fmt.get("type")
+        # (Whitespace inside the JSON is an engine setting in this vLLM: EngineConfig.compact_json.)
         if kind == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema")
             kwargs["structured_outputs"] = {"json": schema if schema is not None else {}}

@@ -68,6 +68,7 @@ class VLLMEngine:
             "enforce_eager": config.enforce_eager,
             "seed": config.seed,
             "tensor_parallel_size": config.tensor_parallel_size,
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True} if config.compact_json else {},
         }
         if config.device == "cuda":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization

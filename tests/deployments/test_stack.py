@@ -44,8 +44,13 @@ def _published(store: Path, batch_id: str) -> dict:
 def test_up_registers_pools_deployments_and_the_preemption_automation(stack):
     env = stack["env"]
     deployments = _prefect("deployment", "ls", env=env)
-    for name in ("process-batch/spot", "process-batch/dedicated", "cleanup-batches/daily"):
+    for name in ("process-batch/spot", "process-batch/dedicated", "cleanup-batches/daily", "score-table/nightly"):
         assert name in deployments
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("score-table/nightly")
+        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"] and nightly.work_pool_name == "gpu-spot"
     pools = _prefect("work-pool", "ls", env=env)
     assert all(p in pools for p in POOLS)
     assert "nightshift-preempted-spot-resumes-on-dedicated" in _prefect("automation", "ls", env=env)
