@@ -71,6 +71,36 @@ def _wait(client: openai.OpenAI, batch_id: str, timeout: float = 300, until=TERM
     return b
 
 
+def _create(client: openai.OpenAI, path, **metadata: str):
+    """Upload ``path`` and create a chat batch from it (metadata as given)."""
+    uploaded = client.files.create(file=path.open("rb"), purpose="batch")
+    return client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata or None
+    )
+
+
+def _insert_batch(gateway, **fields):
+    """Write an acme batch row straight into the gateway's database (states a run cannot easily
+    be driven into on demand); returns its id."""
+    import asyncio
+
+    from nightshift.api import db
+
+    async def insert() -> str:
+        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
+        try:
+            async with database.session() as session:
+                org = await db.get_org_by_name(session, "acme")
+                row = await db.add_batch(
+                    session, org_id=org.id, endpoint="/v1/chat/completions", completion_window="24h", tier="premium", **fields
+                )
+                return row.id
+        finally:
+            await database.dispose()
+
+    return asyncio.run(insert())
+
+
 def test_openai_client_runs_a_batch_end_to_end(gateway, tmp_path):
     client = _client(gateway)
     src = tmp_path / "requests.jsonl"
@@ -109,13 +139,7 @@ def test_cancel_mid_run_publishes_partial_results(gateway, tmp_path):
     client = _client(gateway)
     src = tmp_path / "cancel.jsonl"
     write_batch(src, 40, max_tokens=5)  # 8 shards of 5
-    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata={"nightshift_drill_slow_shards_seconds": "3"},
-    )
+    batch = _create(client, src, nightshift_drill_slow_shards_seconds="3")
     deadline = time.monotonic() + 120
     while (b := client.batches.retrieve(batch.id)).request_counts.completed == 0:
         assert b.status in ("validating", "in_progress") and time.monotonic() < deadline, b
@@ -192,13 +216,7 @@ def test_gateway_restart_mid_batch_loses_nothing(gateway, tmp_path):
     client = _client(gateway)
     src = tmp_path / "restart.jsonl"
     write_batch(src, 30, max_tokens=4)
-    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata={"nightshift_drill_slow_shards_seconds": "1"},
-    )
+    batch = _create(client, src, nightshift_drill_slow_shards_seconds="1")
     _wait(client, batch.id, until=("in_progress", *TERMINAL))
     stop_process_group(gateway["proc"])  # the gateway goes away mid-batch; the run goes on
     gateway["proc"] = _start(gateway["env"], gateway["port"], gateway["log"])
@@ -238,13 +256,7 @@ def test_webhook_is_signed_retried_and_sent_once(gateway, tmp_path):
     client = _client(gateway)
     src = tmp_path / "hooked.jsonl"
     write_batch(src, 5, max_tokens=3)
-    uploaded = client.files.create(file=src.open("rb"), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata={"webhook_url": receiver.url},
-    )
+    batch = _create(client, src, webhook_url=receiver.url)
     assert _wait(client, batch.id).status == "completed"
     deadline = time.monotonic() + 30
     while len(receiver.calls) < 2 and time.monotonic() < deadline:
@@ -268,38 +280,16 @@ def test_webhook_is_signed_retried_and_sent_once(gateway, tmp_path):
 def test_batch_past_its_window_expires_with_every_line_accounted_for(gateway, tmp_path):
     """A batch still unfinished when its completion window ends: the tracker expires it and
     publishes partial results (here nothing ran, so every line is a batch_expired error)."""
-    import asyncio
     from datetime import UTC, datetime, timedelta
-
-    from nightshift.api import db
 
     client = _client(gateway)
     src = tmp_path / "late.jsonl"
     write_batch(src, 4, ["invalid_json"])
     uploaded = client.files.create(file=src.open("rb"), purpose="batch")
-
-    async def insert() -> str:
-        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
-        try:
-            async with database.session() as session:
-                org = await db.get_org_by_name(session, "acme")
-                past = datetime.now(UTC) - timedelta(minutes=1)
-                row = await db.add_batch(
-                    session,
-                    org_id=org.id,
-                    input_file_id=uploaded.id,
-                    endpoint="/v1/chat/completions",
-                    completion_window="24h",
-                    tier="premium",
-                    status="in_progress",
-                    created_at=past - timedelta(hours=24),
-                    expires_at=past,
-                )
-                return row.id
-        finally:
-            await database.dispose()
-
-    batch_id = asyncio.run(insert())
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    batch_id = _insert_batch(
+        gateway, input_file_id=uploaded.id, status="in_progress", created_at=past - timedelta(hours=24), expires_at=past
+    )
     done = _wait(client, batch_id, timeout=60)
     assert done.status == "expired" and done.expired_at is not None and done.output_file_id
     assert client.files.content(done.output_file_id).text == ""
@@ -311,34 +301,12 @@ def test_batch_past_its_window_expires_with_every_line_accounted_for(gateway, tm
 
 def test_webhook_owed_from_before_a_restart_is_sent(gateway):
     """A batch that finished while the gateway was down (status written, webhook never tried)."""
-    import asyncio
     from datetime import UTC, datetime
 
-    from nightshift.api import db
-
     receiver = _Receiver(fail_first=False)
-
-    async def insert() -> str:
-        database = db.Database(gateway["env"]["NIGHTSHIFT_API_DATABASE_URL"])
-        try:
-            async with database.session() as session:
-                org = await db.get_org_by_name(session, "acme")
-                row = await db.add_batch(
-                    session,
-                    org_id=org.id,
-                    input_file_id="file-gone",
-                    endpoint="/v1/chat/completions",
-                    completion_window="24h",
-                    tier="premium",
-                    status="completed",
-                    completed_at=datetime.now(UTC),
-                    webhook_url=receiver.url,
-                )
-                return row.id
-        finally:
-            await database.dispose()
-
-    batch_id = asyncio.run(insert())
+    batch_id = _insert_batch(
+        gateway, input_file_id="file-gone", status="completed", completed_at=datetime.now(UTC), webhook_url=receiver.url
+    )
     deadline = time.monotonic() + 30
     while not receiver.calls and time.monotonic() < deadline:
         time.sleep(0.2)
