@@ -94,14 +94,15 @@ def transition(batch: Any, state: BatchState, now: datetime | None = None) -> di
         changes["pool"] = state.pool
     m = state.manifest
     if m is not None and batch.status not in TERMINAL:
+        # Published means done, even if a cancel arrived meanwhile: the work is finished (and was
+        # paid for), so the caller gets the complete files rather than a "cancelled" label on them.
         changes.update(
-            status="completed" if batch.status != "cancelling" else "cancelled",
+            status="completed",
             version=m.version,
             request_counts=m.request_counts.model_dump(),
             usage=m.usage.model_dump(),
             finalizing_at=batch.finalizing_at or m.completed_at,
-            completed_at=m.completed_at if batch.status != "cancelling" else None,
-            cancelled_at=now if batch.status == "cancelling" else None,
+            completed_at=m.completed_at,
             in_progress_at=batch.in_progress_at or m.created_at,
         )
         return changes
