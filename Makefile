@@ -15,9 +15,23 @@ export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup sysdeps run test lint bench clean
 
-setup: $(STAMP)
+setup: sysdeps $(STAMP)
+
+# Debian packages some tests need (skipped with a reason where absent): a headless browser for the
+# Prefect UI check, docker-compose to validate infra/docker-compose.yml, a Pushgateway for metrics.
+# Installed only when missing and when we may (root with apt); otherwise the tests say what to install.
+SYSDEPS := chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose \
+	prometheus-pushgateway:prometheus-pushgateway promtool:prometheus
+sysdeps:
+	@missing=""; for d in $(SYSDEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note: missing$$missing (tests that need them are skipped)"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +55,7 @@ lint: setup
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/resubmit.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf .nightshift

@@ -28,9 +28,12 @@ from nightshift.engine.runner import EngineSpec, ray_init_kwargs
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 from nightshift.storage.pools import read_throughput
+from nightshift.telemetry.logs import configure_logging, log_context
+from nightshift.telemetry.metrics import BatchMetrics
 from tasks.infer import run_inference
 from tasks.model import resolve_model_task
 from tasks.publish import publish_results
+from tasks.report import report_batch
 from tasks.shard import plan_shards_task
 from tasks.sla import check_sla
 from tasks.validate import validate_input
@@ -87,15 +90,18 @@ def _terminate_on_sigterm() -> None:
     persist_result=False,
 )
 def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -> BatchRunResult:
-    """validate → shard → infer → publish → check SLA for one batch file.
+    """validate → shard → infer → publish → check SLA → report, for one batch file.
 
-    ``resumed_from`` is set by the automations that move a batch to the dedicated pool (a spot run
-    crashed, or was cancelled as at risk): the id of the run this one takes over. Its finished
-    shards are reused, since the batch version is the same.
+    Args:
+        params: What to run: the batch file, its tier and deadline, and optional overrides.
+        resumed_from: Leave empty. Set by the automations that move a batch to the dedicated pool
+            (a spot run crashed, or was cancelled as at risk): the id of the flow run this one takes
+            over. Its finished shards are reused, since the batch version is the same.
     """
     log = get_run_logger()
     _terminate_on_sigterm()
     settings = Settings()
+    configure_logging(settings.log)
     pool = _work_pool()
     submitted_at = params.submitted_at or datetime.now(UTC)
     deadline = params.deadline or deadline_for(submitted_at, params.tier, settings.sla.hours())
@@ -106,10 +112,15 @@ def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -
         log.info("placed on %s (%s): %s", params.placement.pool, params.placement.kind, params.placement.reason)
     if resumed_from:
         log.info("taking over the batch of flow run %s on pool %s", resumed_from, pool)
+    metrics = BatchMetrics(batch_id=batch_id, pool=pool, tier=params.tier.value, config=settings.metrics)
     try:
-        result = _process(params, settings, batch_id, submitted_at, deadline, pool, events)
-    except Exception as exc:  # not BaseException: a cancelled or killed run is moved, not failed
-        events.finish("failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+        with log_context(batch_id=batch_id, flow_run_id=flow_run.get_id()):
+            result = _process(params, settings, batch_id, submitted_at, deadline, pool, events, metrics)
+    except BaseException as exc:
+        metrics.failed()
+        metrics.push()
+        if isinstance(exc, Exception):  # not a cancelled or killed run: that one is moved, not failed
+            events.finish("failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
     counts = result.request_counts
     events.finish(
@@ -134,8 +145,10 @@ def _process(
     deadline: datetime,
     pool: str | None,
     events: BatchEvents,
+    metrics: BatchMetrics,
 ) -> BatchRunResult:
     log = get_run_logger()
+    started = time.perf_counter()
     created_at = datetime.now(UTC)
     storage = resolve_storage(settings.storage)
     store = ArtifactStore.from_config(storage)
@@ -150,6 +163,7 @@ def _process(
             params.model or engine_cfg.model, engine_cfg.served_model_name, str((settings.home / "models").absolute())
         ).result()
         timings["resolve_model_s"] = time.perf_counter() - t
+        metrics.bind_model(model.name)
 
         t = time.perf_counter()
         batch = validate_input.submit(
@@ -193,6 +207,7 @@ def _process(
                 shard_names={s.name for s in plan.shards},
                 sla=settings.sla,
                 fallback_requests_per_second=read_throughput(store, pool).requests_per_second() if pool else None,
+                metrics=metrics,
             )
             t = time.perf_counter()
             with watch:
@@ -204,6 +219,7 @@ def _process(
             reused_shards = len(inference.reused_shards)
             fresh = [o for o in inference.outcomes if o.name not in inference.reused_shards]
             engine_tokens = sum(o.usage.total_tokens for o in fresh)
+            metrics.observe_shards(o.seconds for o in fresh)
 
             manifest = publish_results.submit(
                 storage,
@@ -225,6 +241,12 @@ def _process(
         if not sla.met:
             # Finished, but late: the watch saw no pending work past the deadline, so say it here.
             alert_once(store, paths, events, "sla.breached", {"version": batch.version, "slack_seconds": sla.slack_seconds})
+        try:
+            report_batch.submit(storage, manifest, sla, pool, batch.published, engine_requests).result()
+        except Exception:  # noqa: BLE001 - the results are published; a missing UI view must not fail the batch
+            log.exception("could not publish the run's artifacts")
+        metrics.finish(manifest, duration_seconds=time.perf_counter() - started, slack_seconds=sla.slack_seconds)
+        metrics.push()
 
     return BatchRunResult(
         flow_run_id=flow_run.get_id(),

@@ -53,7 +53,11 @@ class CleanupReport(BaseModel):
     persist_result=False,
 )
 def cleanup(params: CleanupParameters | None = None) -> CleanupReport:
-    """find-expired → delete-expired (skipped in a dry run) → a markdown report."""
+    """find-expired → delete-expired (skipped in a dry run) → a markdown report.
+
+    Args:
+        params: How old is too old, and whether only to list it; empty: the storage retention, for real.
+    """
     params = params or CleanupParameters()
     settings = Settings()
     storage = resolve_storage(settings.storage)

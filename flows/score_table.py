@@ -46,7 +46,11 @@ def load_job(uri: str, settings: Settings) -> ScoringJob:
     name="score-table", description="Score new or changed rows of a table with an LLM; carry the rest over.", persist_result=False
 )
 def score_table(params: ScoreParameters) -> ScoringManifest:
-    """prepare → process-batch (only the rows to score) → publish the scored table."""
+    """prepare → process-batch (only the rows to score) → publish the scored table.
+
+    Args:
+        params: The scoring job to run (its YAML config) and its SLA tier.
+    """
     log = get_run_logger()
     settings = Settings()
     storage = resolve_storage(settings.storage)

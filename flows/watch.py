@@ -20,15 +20,17 @@ import contextlib
 import contextvars
 import json
 import logging
-import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from nightshift.core.artifacts import decode_results
+from nightshift.core.artifacts import decode_results, total_usage
 from nightshift.core.progress import Progress, RateSample, RateWindow, Risk, RiskThresholds, assess_progress
+from nightshift.core.protocol import Usage
+from nightshift.core.report import artifact_key, format_duration
 from nightshift.settings import SLAConfig
 from nightshift.storage import ArtifactStore, BatchPaths
+from nightshift.telemetry.metrics import BatchMetrics
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,8 @@ def alert_once(store: ArtifactStore, paths: BatchPaths, events: BatchEvents, nam
 
 
 def _artifact_key(batch_id: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "progress-" + (re.sub(r"[^a-z0-9-]+", "-", batch_id.lower()).strip("-") or "batch")
+    """The batch's progress artifact key, beside its summary, outputs and errors (report-batch)."""
+    return artifact_key(batch_id, "progress")
 
 
 class SLAWatch:
@@ -141,6 +143,7 @@ class SLAWatch:
         shard_names: set[str],
         sla: SLAConfig,
         fallback_requests_per_second: float | None,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.store, self.paths, self.events, self.version = store, paths, events, version
         self.total, self.base_completed, self.base_failed = total, completed, failed
@@ -154,7 +157,8 @@ class SLAWatch:
         self.interval = sla.progress_interval_seconds
         self.window = RateWindow(seconds=sla.rate_window_seconds)
         self.fallback = fallback_requests_per_second
-        self.counted: dict[str, tuple[int, int, int]] = {}  # shard → (completed, failed, tokens)
+        self.metrics = metrics
+        self.counted: dict[str, tuple[int, int, Usage]] = {}  # shard → (completed, failed, usage)
         self.latest: Progress | None = None
         self._artifact_id: Any = None
         self._stop = threading.Event()
@@ -171,8 +175,8 @@ class SLAWatch:
                     continue
                 rows = decode_results(self.store.read_bytes(path))
                 errors = sum(r.error is not None for r in rows)
-                tokens = sum(r.usage.total_tokens for r in rows if r.usage is not None)
-                self.counted[name] = (len(rows) - errors, errors, tokens)
+                self.counted[name] = (len(rows) - errors, errors, total_usage(rows))
+                log.info("shard %s finished: %d requests, %d errors", name, len(rows), errors, extra={"shard": name})
                 new = True
         return new
 
@@ -182,7 +186,11 @@ class SLAWatch:
         now = datetime.now(UTC)
         completed = self.base_completed + sum(c for c, _, _ in self.counted.values())
         failed = self.base_failed + sum(f for _, f, _ in self.counted.values())
-        tokens = sum(t for _, _, t in self.counted.values())
+        usage = Usage(
+            prompt_tokens=sum(u.prompt_tokens for _, _, u in self.counted.values()),
+            completion_tokens=sum(u.completion_tokens for _, _, u in self.counted.values()),
+        )
+        tokens = usage.prompt_tokens + usage.completion_tokens
         self.window = self.window.add(RateSample(at=now, requests=completed + failed, tokens=tokens))
         rps, tps = self.window.rates()
         p = assess_progress(
@@ -203,6 +211,9 @@ class SLAWatch:
         self.latest = p
         self.store.write_bytes(self.paths.progress, p.model_dump_json(indent=2).encode())
         self._update_artifact(p)
+        if self.metrics is not None:
+            self.metrics.update(p, usage)
+            self.metrics.push()
         payload = progress_payload(p)
         self.events.emit("progress", payload)
         if p.risk in (Risk.AT_RISK, Risk.BREACHED):
@@ -216,7 +227,7 @@ class SLAWatch:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         def _s(x: float | None) -> str:
-            return "?" if x is None else f"{x:.0f} s"
+            return "?" if x is None else format_duration(x)
 
         done = f"{p.completed + p.failed}/{p.total} requests"
         description = f"{done} · ETA {_s(p.eta_seconds)} · slack {_s(p.slack_seconds)} · {p.risk.value}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,9 +17,16 @@ from rich.table import Table
 
 from nightshift.core.sla import Tier
 from nightshift.settings import Settings, StorageConfig
+from nightshift.telemetry.logs import configure_logging
 
 app = typer.Typer(help="nightshift: SLA-aware offline batch inference on vLLM, Ray and Prefect.", no_args_is_help=True)
 console = Console()
+
+
+@app.callback()
+def _setup() -> None:
+    """Every command logs through nightshift's loggers in NIGHTSHIFT_LOG_FORMAT (text or json)."""
+    configure_logging(Settings().log)
 
 
 @contextlib.contextmanager
@@ -256,20 +264,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default NIGHTSHIFT_API_PORT, 8080).")] = None,
 ) -> None:
     """Run the OpenAI-compatible Files/Batches gateway (needs a Prefect API with the deployments)."""
-    import logging
-
     import uvicorn
 
     from nightshift.api.app import create_app
 
     settings = Settings()
-    # One JSON line per request from the app's access logger (uvicorn's own access log is off).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    api_log = logging.getLogger("nightshift.api")
-    api_log.setLevel(logging.INFO)
-    api_log.addHandler(handler)
-    api_log.propagate = False
+    # One record per request from the app's access logger (uvicorn's own access log is off);
+    # NIGHTSHIFT_LOG_FORMAT=json makes each a JSON object.
+    configure_logging(settings.log)
     with _stack_api(settings):
         uvicorn.run(
             create_app(settings),
@@ -417,7 +419,14 @@ def up(
 
     from deployments.automations import apply_automations
     from deployments.pools import ROOT, apply_pools, deploy_all, load_pools
-    from nightshift.services import AlertSink, local_prefect_server, local_ray_head, start_worker, stop_process_groups
+    from nightshift.services import (
+        AlertSink,
+        local_prefect_server,
+        local_pushgateway,
+        local_ray_head,
+        start_worker,
+        stop_process_groups,
+    )
 
     settings = Settings()
     stopping = False
@@ -439,9 +448,16 @@ def up(
                 temp = settings.ray.temp_dir or Path(f"/tmp/nightshift-ray-{os.getuid()}")  # socket paths must stay short
                 ray_address = stack.enter_context(local_ray_head(temp, num_cpus=settings.ray.num_cpus))
         stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        pushgateway = settings.metrics.pushgateway_url
+        if not pushgateway and shutil.which("prometheus-pushgateway"):
+            # Batch runs are jobs: they push their metrics (nightshift.telemetry.metrics).
+            pushgateway = stack.enter_context(local_pushgateway(settings.home))
         env = {
             **os.environ,
             "PREFECT_API_URL": url,
+            # nightshift's own loggers also go to the run's logs in the Prefect UI.
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "nightshift,flows,tasks",
+            **({"NIGHTSHIFT_METRICS_PUSHGATEWAY_URL": pushgateway} if pushgateway else {}),
             "NIGHTSHIFT_REPO_DIR": str(ROOT),
             "NIGHTSHIFT_RAY_ADDRESS": ray_address,
             "NIGHTSHIFT_SPOT_RAY_ADDRESS": ray_address,
@@ -471,6 +487,7 @@ def up(
         table.add_column("where")
         table.add_row("Prefect UI/API", url.removesuffix("/api"))
         table.add_row("Ray", ray_address)
+        table.add_row("Pushgateway (batch metrics)", pushgateway or "none (set NIGHTSHIFT_METRICS_PUSHGATEWAY_URL)")
         for pool in pools:
             table.add_row(f"pool {pool.name}", f"{pool.kind}, limit {pool.concurrency_limit}, worker log {logs / pool.name}.log")
         for name in automations:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,6 +99,25 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: s
 
 
 @contextlib.contextmanager
+def local_pushgateway(folder: Path, *, port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+    """A Prometheus Pushgateway (Debian's ``prometheus-pushgateway``) on 127.0.0.1; yields its URL.
+
+    Batch runs push their metrics there (see ``nightshift.telemetry.metrics``); Prometheus scrapes it.
+    """
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        raise FileNotFoundError("no prometheus-pushgateway on PATH (apt-get install prometheus-pushgateway)")
+    port = port or free_port()
+    log = folder / "pushgateway.log"
+    proc = start_process([binary, f"--web.listen-address=127.0.0.1:{port}"], dict(os.environ), log)
+    try:
+        _wait_port(port, proc, timeout, "pushgateway", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc)
+
+
+@contextlib.contextmanager
 def local_ray_head(
     temp_dir: Path, *, num_cpus: int | None = None, port: int | None = None, timeout: float = 90.0
 ) -> Iterator[str]:
@@ -159,6 +179,8 @@ def local_prefect_server(
         "PREFECT_HOME": str(home.absolute()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
+        # An operator's own server: no "join the community" modal over the run pages.
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_API_URL": url,
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),

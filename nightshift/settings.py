@@ -233,6 +233,28 @@ class PoolsConfig(BaseModel):
     dedicated_requests_per_second: float = Field(
         default=5.0, gt=0, description="Assumed dedicated throughput until a batch on the pool has measured it."
     )
+    priority_queues: dict[str, str] = Field(
+        default={"high": "high", "normal": "default", "low": "low"},
+        description="Job priority → work queue of the chosen pool (declared with their priorities in pools.yaml).",
+    )
+
+
+class MetricsConfig(BaseModel):
+    """Prometheus metrics of batch runs, pushed to a Pushgateway (see ``nightshift.telemetry.metrics``)."""
+
+    pushgateway_url: str | None = Field(
+        default=None, description="Pushgateway address (http://host:9091); None: batch runs push nothing."
+    )
+    job: str = Field(default="nightshift_batch", description="The job label batch runs push under.")
+    push_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="A push that takes longer is dropped.")
+
+
+class LogConfig(BaseModel):
+    """nightshift's own logs (Prefect's run logs keep Prefect's settings)."""
+
+    format: Literal["json", "text"] = Field(default="text", description="One JSON object per line, or plain text.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Lowest level logged.")
+    file: Path | None = Field(default=None, description="Append records to this file instead of stderr.")
 
 
 class Settings(BaseSettings):
@@ -249,3 +271,5 @@ class Settings(BaseSettings):
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)

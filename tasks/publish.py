@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from nightshift.core.artifacts import (
     CacheStats,
@@ -121,39 +120,5 @@ def publish_results(
     store.write_bytes(paths.manifest, manifest.to_json())
     # Entries are written after the manifest: they point at results that are now published.
     ResultCache(store).record(new_entries)
-    _report(manifest, ok[:10])
     get_run_logger().info("published %s: %d ok, %d failed", paths.root, len(ok), len(failed))
     return manifest
-
-
-def _report(manifest: Manifest, first_rows: list[Any]) -> None:
-    """The run's Prefect artifacts: a markdown summary and a table of the first outputs."""
-    counts, usage = manifest.request_counts, manifest.usage
-    reused = sum(s.reused for s in manifest.shards)
-    create_markdown_artifact(
-        key=f"batch-{manifest.batch_id}".lower().replace("_", "-")[:64],
-        description=f"nightshift batch {manifest.batch_id} version {manifest.version}",
-        markdown="\n".join(
-            [
-                f"# Batch `{manifest.batch_id}` — version `{manifest.version}`",
-                "",
-                "| requests | completed | failed | cache hits | prompt tokens | completion tokens | shards (reused) |",
-                "|---|---|---|---|---|---|---|",
-                f"| {counts.total} | {counts.completed} | {counts.failed} | {manifest.cache.hits} | {usage.prompt_tokens} "
-                f"| {usage.completion_tokens} | {len(manifest.shards)} ({reused}) |",
-                "",
-                f"- model: `{manifest.model.name}` (`{manifest.model.sha256[:12]}`)",
-                f"- output: `{manifest.output_file.path}`",
-                f"- errors: `{manifest.error_file.path}`",
-                f"- input sha256: `{manifest.input.sha256}`",
-            ]
-        ),
-    )
-    table = []
-    for line in first_rows:
-        body = line.response.body if line.response else {}
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
-        table.append({"custom_id": line.custom_id, "output": text[:120], "finish_reason": choice.get("finish_reason")})
-    if table:
-        create_table_artifact(table=table, description=f"First outputs of batch {manifest.batch_id}")

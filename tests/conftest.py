@@ -23,6 +23,8 @@ os.environ.update(
         "RAY_AUTH_MODE": "disabled",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # No upgrade prompt or "join the community" modal over the UI the browser test opens.
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "DO_NOT_TRACK": "1",
         # Dummy credentials for the loopback S3 server; set before Ray starts so workers inherit them.
         "AWS_ACCESS_KEY_ID": "testing",
@@ -69,7 +71,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from nightshift.services import local_prefect_server
 
     with (
-        local_prefect_server(tmp_path_factory.mktemp("prefect"), ui=False) as url,
+        local_prefect_server(tmp_path_factory.mktemp("prefect"), ui=True) as url,
         temporary_settings(updates={PREFECT_API_URL: url}),
     ):
         yield url

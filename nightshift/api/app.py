@@ -77,8 +77,9 @@ async def _principal(request: Request, authorization: Annotated[str | None, Head
 Caller = Annotated[Principal, Depends(_principal)]
 
 
-def create_app(settings: Settings | None = None, *, track_every: float = 2.0) -> FastAPI:
-    """The gateway app; its lifespan migrates the database and runs the batch tracker."""
+def create_app(settings: Settings | None = None, *, track_every: float = 2.0, pools_every: float = 15.0) -> FastAPI:
+    """The gateway app; its lifespan migrates the database and runs the batch tracker (every
+    ``track_every`` s) and the pool gauges' refresh (every ``pools_every`` s)."""
     settings = settings or Settings()
     database = store_db.Database(settings.api.database_url)
     store = ArtifactStore.from_config(settings.storage)
@@ -86,13 +87,14 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.migrate()
-        tracker = asyncio.create_task(_track_forever(track_every))
+        loops = [asyncio.create_task(_track_forever(track_every)), asyncio.create_task(_watch_pools(pools_every))]
         try:
             yield
         finally:
-            tracker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tracker
+            for loop in loops:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             await database.dispose()
 
     app = FastAPI(title="nightshift", version="0.1.0", lifespan=lifespan)
@@ -134,17 +136,22 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
         metrics.REQUESTS.labels(method=request.method, route=path, status=str(response.status_code)).inc()
         if response.status_code == 429:
             metrics.RATE_LIMITED.inc()
+        # One record per request; with NIGHTSHIFT_LOG_FORMAT=json the fields are the JSON keys.
+        ms = round((time.perf_counter() - started) * 1000, 1)
         access_log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "route": path,
-                    "status": response.status_code,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                    "client": request.client.host if request.client else None,
-                }
-            )
+            "%s %s %s %.1fms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            ms,
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "route": path,
+                "status": response.status_code,
+                "ms": ms,
+                "client": request.client.host if request.client else None,
+            },
         )
         return response
 
@@ -501,6 +508,22 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0) ->
                 raise
             except Exception:  # noqa: BLE001 - one bad poll must not stop tracking
                 log.exception("batch tracker poll failed")
+            await asyncio.sleep(every)
+
+    async def _watch_pools(every: float) -> None:
+        from nightshift.api.submit import read_pool_states
+
+        warned = False
+        while True:
+            try:
+                metrics.record_pools(await asyncio.to_thread(read_pool_states, settings))
+                warned = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Prefect down: keep the last values, say so once
+                if not warned:
+                    log.warning("could not read the work pools for /metrics: %s", exc)
+                    warned = True
             await asyncio.sleep(every)
 
     app.state.settings, app.state.database, app.state.store = settings, database, store

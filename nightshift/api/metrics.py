@@ -3,7 +3,11 @@ tests, must not collide in the global one)."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from nightshift.core.placement import PoolState
 
 REGISTRY = CollectorRegistry()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -22,6 +26,31 @@ BATCHES = Counter(
     registry=REGISTRY,
 )
 WEBHOOKS = Counter("nightshift_api_webhooks_total", "Terminal-status webhooks by outcome.", ["outcome"], registry=REGISTRY)
+
+# Pool usage, as the tracker last read it from Prefect: the gateway is the long-lived process that
+# already watches Prefect, so it exports what batch runs (short-lived, pushed) cannot see.
+_POOL = ["pool", "kind"]
+POOL_QUEUE_DEPTH = Gauge(
+    "nightshift_pool_queue_depth", "Flow runs due on the pool and waiting for a slot.", _POOL, registry=REGISTRY
+)
+POOL_RUNNING = Gauge("nightshift_pool_running_runs", "Flow runs holding a slot (pending or running).", _POOL, registry=REGISTRY)
+POOL_LIMIT = Gauge("nightshift_pool_concurrency_limit", "The pool's concurrency limit (-1: unlimited).", _POOL, registry=REGISTRY)
+POOL_WORKERS = Gauge("nightshift_pool_workers_online", "Workers polling the pool.", _POOL, registry=REGISTRY)
+
+
+def record_pools(pools: Iterable[PoolState]) -> None:
+    """Set the pool gauges from a fresh read of the pools."""
+    for p in pools:
+        labels = {"pool": p.name, "kind": p.kind}
+        POOL_QUEUE_DEPTH.labels(**labels).set(p.queued)
+        POOL_RUNNING.labels(**labels).set(p.running)
+        POOL_LIMIT.labels(**labels).set(-1 if p.concurrency_limit is None else p.concurrency_limit)
+        POOL_WORKERS.labels(**labels).set(p.online_workers)
+
+
+def metric_names() -> set[str]:
+    """Names of the gateway's metric families (counters with their ``_total``)."""
+    return {m.name + ("_total" if m.type == "counter" else "") for m in REGISTRY.collect()}
 
 
 def render() -> bytes:

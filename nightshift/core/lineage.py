@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 class Lineage(BaseModel):
     """The version a batch version was derived from, and how."""
 
-    parent_batch_id: str
-    parent_version: str
+    parent_batch_id: str = Field(description="Batch id of the parent version.")
+    parent_version: str = Field(description="The parent's version id (16 hex characters).")
     relation: Literal["rerun", "retry-failed"] = Field(
         description="'rerun': the same batch with another input, model or settings; "
         "'retry-failed': a new batch of the parent's error lines."

@@ -39,9 +39,9 @@ class PoolState(BaseModel):
 class Placement(BaseModel):
     """The chosen pool and why."""
 
-    pool: str
-    kind: Literal["spot", "dedicated"]
-    reason: str
+    pool: str = Field(description="Work pool the batch was sent to.")
+    kind: Literal["spot", "dedicated"] = Field(description="spot: cheap, preemptible capacity; dedicated: on-demand.")
+    reason: str = Field(description="Why this pool: the runtime estimate against the time left.")
     estimated_seconds: float = Field(description="Estimated runtime on the chosen pool.")
     remaining_seconds: float = Field(description="Time left until the deadline at decision time.")
 

@@ -22,9 +22,15 @@ from nightshift.core.sla import Tier
 class BatchRunParameters(BaseModel):
     """What to run. The Prefect UI renders this as the deployment's form."""
 
-    input_uri: str = Field(description="The JSONL batch file: a local path or a URL (file://, s3://).")
+    input_uri: str = Field(
+        description="The JSONL batch file: a local path or a URL, e.g. examples/sample_batch.jsonl or s3://bucket/in/batch.jsonl."
+    )
     batch_id: str | None = Field(default=None, description="Name of the batch in the store; defaults to the input file's name.")
-    tier: Tier = Field(default=Tier.BASIC, description="SLA tier: the deadline counts from submitted_at.")
+    tier: Tier = Field(
+        default=Tier.BASIC,
+        description="SLA tier: done within enterprise 6 h, premium 12 h, basic 24 h, free 72 h of submitted_at "
+        "(defaults; NIGHTSHIFT_SLA_<TIER>_HOURS change them).",
+    )
     endpoint: Endpoint | None = Field(
         default=None, description="The batch's endpoint; defaults to the url of its first valid line."
     )

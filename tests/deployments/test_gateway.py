@@ -4,39 +4,20 @@ flow runs on the stack's workers (tiny model)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 from batchfiles import write_batch
+from gateways import cli as _cli
+from gateways import start_gateway as _start
 from openai.types.chat import ChatCompletion
+from prometheus_client.parser import text_string_to_metric_families
 
-from nightshift.services import free_port, start_process, stop_process_group
+from nightshift.services import free_port, stop_process_group
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    run = subprocess.run([sys.executable, "-m", "nightshift.cli", *args], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
-
-
-def _start(env: dict[str, str], port: int, log) -> subprocess.Popen:
-    proc = start_process([sys.executable, "-m", "nightshift.cli", "serve", "--port", str(port)], env, log)
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +256,17 @@ def test_webhook_is_signed_retried_and_sent_once(gateway, tmp_path):
     metrics = httpx.get(f"http://127.0.0.1:{gateway['port']}/metrics").text
     assert 'nightshift_api_webhooks_total{outcome="delivered"}' in metrics
     assert 'nightshift_api_requests_total{method="POST",route="/v1/batches",status="200"}' in metrics
+    # pool usage as the gateway read it from Prefect: the stack runs one worker per pool
+    pools = {
+        (s.name, s.labels["pool"]): s.value
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.name.startswith("nightshift_pool_")
+    }
+    for pool in ("gpu-spot", "gpu-dedicated"):
+        assert pools[("nightshift_pool_workers_online", pool)] >= 1
+        assert pools[("nightshift_pool_concurrency_limit", pool)] == 2
+        assert pools[("nightshift_pool_queue_depth", pool)] >= 0
 
 
 def test_batch_past_its_window_expires_with_every_line_accounted_for(gateway, tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -58,18 +59,35 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
         assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
     assert manifest["input"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
+    arts = _artifacts(result.flow_run_id)
+    assert set(arts) == {"batch-mixed-summary", "batch-mixed-progress", "batch-mixed-outputs", "batch-mixed-errors"}
+    assert [arts[f"batch-mixed-{k}"].type for k in ("summary", "progress", "outputs", "errors")] == [
+        "markdown",
+        "progress",
+        "table",
+        "table",
+    ]
+    assert arts["batch-mixed-progress"].data == 100.0  # the SLA watch's last update
+    summary = arts["batch-mixed-summary"].data
+    assert result.version in summary and "| 50 | 47 | 3 |" in summary and "**Tier** `premium`" in summary
+    assert "**SLA met**" in summary and result.manifest_uri in summary and result.output_uri in summary
+    first = json.loads(arts["batch-mixed-outputs"].data)
+    assert [r["custom_id"] for r in first] == [o["custom_id"] for o in out[:10]]
+    answer = " ".join(out[0]["response"]["body"]["choices"][0]["message"]["content"].split())  # on one line
+    assert first[0]["answer"] and answer.startswith(first[0]["answer"].removesuffix("…"))
+    assert {r["completion_tokens"] for r in first} == {8}
+    by_code = {r["error_code"]: r["count"] for r in json.loads(arts["batch-mixed-errors"].data)}
+    assert by_code == dict(Counter(e["error"]["code"] for e in err)) and sum(by_code.values()) == 3
+
+
+def _artifacts(flow_run_id: str) -> dict:
+    """The flow run's Prefect artifacts by key."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[result.flow_run_id]))
-        )
-    kinds = {a.type: a for a in arts}
-    assert set(kinds) == {"markdown", "table", "progress"}
-    assert kinds["progress"].data == 100.0  # the SLA watch's last update
-    assert result.version in kinds["markdown"].data and "| 50 | 47 | 3 |" in kinds["markdown"].data
-    assert "req-000" in str(kinds["table"].data)
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in arts}
 
 
 #: Raw vLLM in a clean process: the reference the flow must match, with no nightshift code.
@@ -106,6 +124,8 @@ def test_rerun_reuses_version_and_max_tokens_makes_a_new_one(tmp_path, engine_en
     second = _run(src)
     assert second.reused and second.version == first.version
     assert second.engine_requests == 0 and _engine_requests_served() == served
+    reused = _artifacts(second.flow_run_id)  # nothing ran, but the run still shows its batch
+    assert reused["batch-again-progress"].data == 100.0 and "nothing ran" in reused["batch-again-summary"].data
     assert read_jsonl(second.output_uri) == read_jsonl(first.output_uri)
 
     write_batch(src, 15, max_tokens=4)

@@ -1,0 +1,1 @@
+"""Telemetry adapters: Prometheus metrics pushed by batch runs, and structured logs."""
