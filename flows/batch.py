@@ -58,8 +58,18 @@ class BatchRunResult(BaseModel):
 
 
 def build_task_runner(settings: Settings) -> RayTaskRunner:
-    """prefect-ray's runner on the configured Ray (a local one when no address is set)."""
-    return RayTaskRunner(address=settings.ray.address, init_kwargs=ray_init_kwargs(settings.ray))
+    """prefect-ray's runner on the configured Ray (a local one when no address is set).
+
+    The address is NIGHTSHIFT_RAY_ADDRESS: 'auto', 'host:port' or 'ray://host:port'. A process
+    that already has Ray initialised (a test session) keeps that Ray: prefect-ray reuses it.
+    """
+    init_kwargs = ray_init_kwargs(settings.ray)
+    address = init_kwargs.pop("address", None)
+    if address == "auto":
+        # prefect-ray calls ray.init() without an address for 'auto', which starts a new local Ray
+        # when none is found; passed through, a missing cluster is an error instead.
+        init_kwargs["address"] = address
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
 def _work_pool() -> str | None:
@@ -227,7 +237,8 @@ def _process(
                 plan,
                 inference,
                 model,
-                engine_cfg.model_dump(mode="json"),
+                # The settings, and the engine that actually ran (kind "auto" may have fallen back).
+                engine_cfg.model_dump(mode="json") | {"used": inference.engine, "fallback_reason": inference.fallback_reason},
                 engine_cfg.output_params(),
                 created_at,
                 timings,

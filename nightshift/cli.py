@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -112,10 +112,17 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Store root for results (default: .nightshift/store).")] = None,
     batch_id: Annotated[str | None, typer.Option(help="Batch name in the store (default: file name).")] = None,
     shard_size: Annotated[int | None, typer.Option(min=1, help="Requests per shard.")] = None,
+    engine: Annotated[
+        Literal["auto", "vllm", "transformers"] | None,
+        typer.Option(help="vllm, transformers (slower, runs wherever torch runs), or auto: vLLM, else transformers."),
+    ] = None,
 ) -> None:
     """Run one batch file end to end and print where its results are."""
     if out is not None:
         os.environ["NIGHTSHIFT_STORAGE_ROOT"] = str(out.absolute())
+    if engine is not None:
+        # The flow builds its own Settings from the environment, as a deployment's run does.
+        os.environ["NIGHTSHIFT_ENGINE_KIND"] = engine
     settings = Settings()
     with _prefect_api(settings) as api:
         console.print(f"Prefect API: {api}")
@@ -405,7 +412,11 @@ def up(
     port: Annotated[int, typer.Option(help="Port of the Prefect server started here (UI and API).")] = 4200,
     database_url: Annotated[
         str | None,
-        typer.Option(help="Prefect database (default: SQLite under .nightshift/prefect); e.g. postgresql+asyncpg://..."),
+        typer.Option(
+            "--db",
+            "--database-url",
+            help="Prefect's database (default: SQLite under .nightshift/prefect), e.g. postgresql+asyncpg://user@host/db.",
+        ),
     ] = None,
     pool_type: Annotated[str, typer.Option("--type", help="Pool type: 'process' runs workers here.")] = "process",
 ) -> None:
@@ -439,7 +450,13 @@ def up(
     state_file = settings.home / "up.json"
     with ExitStack() as stack:
         url = os.environ.get("PREFECT_API_URL")
+        if url and database_url:
+            console.print(f"[yellow]--db ignored: PREFECT_API_URL is set, so the Prefect server at {url} is used[/yellow]")
         if not url:
+            if database_url:
+                from nightshift.api.db import async_url
+
+                database_url = async_url(database_url)  # the gateway's rule: postgresql:// means asyncpg
             with console.status(f"starting Prefect on http://127.0.0.1:{port}"):
                 url = stack.enter_context(local_prefect_server(settings.home / "prefect", port=port, database_url=database_url))
         ray_address = settings.ray.address
@@ -460,8 +477,9 @@ def up(
             **({"NIGHTSHIFT_METRICS_PUSHGATEWAY_URL": pushgateway} if pushgateway else {}),
             "NIGHTSHIFT_REPO_DIR": str(ROOT),
             "NIGHTSHIFT_RAY_ADDRESS": ray_address,
-            "NIGHTSHIFT_SPOT_RAY_ADDRESS": ray_address,
-            "NIGHTSHIFT_DEDICATED_RAY_ADDRESS": ray_address,
+            # Each pool's deployments may name their own cluster; by default both use this one.
+            "NIGHTSHIFT_SPOT_RAY_ADDRESS": os.environ.get("NIGHTSHIFT_SPOT_RAY_ADDRESS") or ray_address,
+            "NIGHTSHIFT_DEDICATED_RAY_ADDRESS": os.environ.get("NIGHTSHIFT_DEDICATED_RAY_ADDRESS") or ray_address,
         }
         pools = load_pools()
         apply_pools(pools, pool_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".nightshift")
@@ -35,6 +35,16 @@ class EngineConfig(BaseModel):
             "for multi-GPU clusters)."
         ),
     )
+    kind: Literal["auto", "vllm", "transformers"] = Field(
+        default="auto",
+        description=(
+            "Which library generates. 'vllm': fast, fails if vLLM cannot load or run the model. "
+            "'transformers': Hugging Face generate, several times slower, runs wherever torch runs. "
+            "'auto': vLLM, falling back to transformers (with a warning, recorded in the manifest) when "
+            "vLLM cannot be imported, cannot load the model, or fails a one-token probe on this hardware. "
+            "Not part of the batch version: both engines answer the same requests, greedy ones alike."
+        ),
+    )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where vLLM runs.")
     dtype: str = Field(default="float32", description="float32 on CPU: bfloat16 is ~5x slower without native bf16.")
     max_model_len: int = Field(default=2048, ge=16, le=1_048_576, description="Context length the engine allows.")
@@ -44,6 +54,15 @@ class EngineConfig(BaseModel):
     num_cpus: float = Field(default=1.0, ge=0.0, description="Ray CPUs reserved for one engine replica.")
     num_gpus: float = Field(default=0.0, ge=0.0, description="Ray GPUs per engine replica (0 on CPU).")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs one replica is split over.")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description=(
+            "Engine actors serving one engine spec; a batch's shards go to whichever is free. Ray spreads "
+            "them over nodes when it can. Speed only: not part of the batch version."
+        ),
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM.")
     kv_cache_space_gib: int = Field(default=1, ge=1, le=1024, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     default_max_tokens: int = Field(default=256, ge=1, description="Completion budget for chat requests that do not set one.")
@@ -56,11 +75,21 @@ class EngineConfig(BaseModel):
     )
     keep_warm: bool = Field(default=True, description="Keep the engine actor alive after a batch so the next one skips start-up.")
 
+    @model_validator(mode="after")
+    def _ray_data_llm_is_vllm(self) -> EngineConfig:
+        """ray.data.llm builds vLLM itself: the transformers engine runs only in the actor backend."""
+        if self.backend == "ray-data-llm" and self.kind == "transformers":
+            raise ValueError("backend 'ray-data-llm' runs vLLM only; use backend 'actor' with kind 'transformers'")
+        return self
+
     def output_params(self) -> dict[str, object]:
         """The settings that change what the model outputs; they enter the batch version.
 
         Scheduling knobs (max_num_seqs, num_cpus, keep_warm...) change speed, not results, and
         are left out so that moving a batch to another pool keeps its version and finished shards.
+        So is ``kind``: with "auto" the engine is known only once the actor has started (after the
+        version is computed), and greedy outputs are the same on both engines, so a batch resumed on
+        a machine where vLLM cannot run keeps its version and finished shards.
         """
         return {
             "dtype": self.dtype,

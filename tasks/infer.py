@@ -1,13 +1,13 @@
-"""run-inference: every shard without results goes through the warm vLLM engine on Ray."""
+"""run-inference: every shard without results goes through the warm engine (vLLM or transformers) on Ray."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from nightshift.core.errors import EngineError
 from nightshift.core.sharding import ShardSpec
-from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
+from nightshift.engine.runner import NAMESPACE, EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 
@@ -19,6 +19,14 @@ class InferenceReport(BaseModel):
     reused_shards: list[str]
     engine_requests: int
     seconds: float
+    engine: str | None = Field(
+        default=None,
+        description=(
+            "Engine that answered this run's shards: 'vllm' or 'transformers' ('transformers+vllm' if replicas "
+            "differed); None when nothing ran, or when the engine actors could not be asked."
+        ),
+    )
+    fallback_reason: str | None = Field(default=None, description="Why kind 'auto' fell back to transformers, if it did.")
 
 
 @task(name="run-inference")
@@ -74,9 +82,40 @@ def run_inference(
         fresh = run_shards_ray_data(engine, storage, jobs, on_done=on_done)
     elif jobs:
         fresh = run_shards(engine, storage, jobs, on_done=on_done)
+    seconds = time.perf_counter() - started
+    used, fallback_reason = _engine_used(engine, fresh)
+    if fallback_reason:
+        log.warning("the engine fell back to transformers: %s", fallback_reason)
     return InferenceReport(
         outcomes=outcomes + fresh,
         reused_shards=reused,
         engine_requests=sum(o.num_requests for o in fresh),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        engine=used,
+        fallback_reason=fallback_reason,
     )
+
+
+def _engine_used(spec: EngineSpec, fresh: list[ShardOutcome]) -> tuple[str | None, str | None]:
+    """Which engine answered ``fresh`` (and why "auto" fell back, if it did).
+
+    Only "auto" needs to ask: the replicas that ran the shards (named in each outcome's worker
+    record) report what they hold. Asking waits while a replica runs another batch's shard.
+    """
+    if not fresh:
+        return None, None
+    if spec.config.backend == "ray-data-llm":
+        return "vllm", None  # ray.data.llm builds vLLM itself; there is no fallback there
+    if spec.config.kind != "auto":
+        return spec.config.kind, None
+    import ray
+
+    names = sorted({o.worker.actor for o in fresh if o.worker is not None and o.worker.actor})
+    try:
+        infos = [ray.get(ray.get_actor(name, namespace=NAMESPACE).info.remote(), timeout=600) for name in names]
+    except Exception as exc:  # noqa: BLE001 - the results are written; an unknown engine must not fail the batch
+        get_run_logger().warning("could not ask the engine replicas which engine they run: %s", exc)
+        return None, None
+    kinds = sorted({str(info.get("engine", "vllm")) for info in infos})
+    reasons = sorted({str(info["fallback_reason"]) for info in infos if info.get("fallback_reason")})
+    return "+".join(kinds) or None, "; ".join(reasons) or None

@@ -88,6 +88,7 @@ def publish_results(
                 results=_record(store, outcome.results_path, data),
                 seconds=None if spec.name in inference.reused_shards else outcome.seconds,
                 reused=spec.name in inference.reused_shards,
+                worker=outcome.worker,  # None for a reused shard: its outcome was read back from disk
             )
         )
     rows.sort(key=lambda r: r.line)

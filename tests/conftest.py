@@ -46,6 +46,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def head_dim_16_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's weights read as 4 heads of 16 (2 KV heads): the tensor shapes are the same,
+    so transformers loads and runs it, but vLLM's CPU attention has no kernel for head size 16."""
+    import json
+
+    path = tmp_path_factory.mktemp("models") / "tiny-qwen2-hd16"
+    shutil.copytree(tiny_model, path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(num_attention_heads=4, num_key_value_heads=2)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One local Ray for the session (prefect-ray's runner reuses a connected Ray)."""
     import ray
@@ -64,7 +78,11 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server on 127.0.0.1 for the session, with this process pointed at it."""
+    """A real Prefect server on 127.0.0.1 for the session, with this process pointed at it.
+
+    It serves the UI too (no measurable start-up cost): the browser test opens the runs it records.
+    One server per session, because Prefect's events worker stays bound to the first API it sees.
+    """
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -92,6 +110,29 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a throwaway PostgreSQL cluster, stopped by its own process group."""
+    import shutil
+    import tempfile
+
+    from nightshift.services import local_postgres
+
+    # Not under pytest's tmp folder: that is private to root, and as root the server runs as nobody.
+    folder = Path(tempfile.mkdtemp(prefix="ns-pg-"))
+    try:
+        server = local_postgres(folder)
+        address = server.__enter__()
+    except FileNotFoundError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(str(exc))
+    try:
+        yield address
+    finally:
+        server.__exit__(None, None, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -88,6 +88,15 @@ class FileRecord(BaseModel):
     lines: int | None = None
 
 
+class WorkerRecord(BaseModel):
+    """Where a shard ran: the Ray node, host and process of the engine replica that computed it."""
+
+    node_id: str = Field(description="Ray node id (hex) of the node the engine actor ran on.")
+    hostname: str | None = Field(default=None, description="Host name of that node.")
+    pid: int | None = Field(default=None, description="Process id of the engine actor.")
+    actor: str | None = Field(default=None, description="Name of the engine actor (engine-<spec hash>-<replica>).")
+
+
 class ShardRecord(BaseModel):
     """One shard in the manifest: its input and result files and how it was obtained."""
 
@@ -98,6 +107,9 @@ class ShardRecord(BaseModel):
     results: FileRecord | None = None
     seconds: float | None = Field(default=None, description="Engine time for this shard in this run.")
     reused: bool = Field(default=False, description="Found finished on disk (an earlier, interrupted run).")
+    worker: WorkerRecord | None = Field(
+        default=None, description="Engine replica that computed it in this run (None: reused, or an engine without actors)."
+    )
 
 
 class CacheStats(BaseModel):

@@ -105,6 +105,16 @@ class EngineError(NightshiftError):
     """The inference engine failed as a whole (not one request): infrastructure, so it raises."""
 
 
+class UnsupportedRequestError(ValueError, NightshiftError):
+    """A valid request the engine that runs it cannot answer faithfully (a feature only the other
+    engine has). Used as a value: the engine turns it into an error row with ``code`` and ``param``."""
+
+    def __init__(self, message: str, *, code: str = "engine_unsupported", param: str | None = None) -> None:
+        self.code = code
+        self.param = param
+        super().__init__(message)
+
+
 class StorageError(NightshiftError):
     """Reading or writing batch artifacts failed or found inconsistent data."""
 

@@ -50,7 +50,7 @@ def _processor_config(spec: EngineSpec) -> Any:
         engine_kwargs=engine_kwargs,
         runtime_env={"env_vars": env},
         batch_size=min(cfg.max_num_seqs, 64),
-        concurrency=1,
+        concurrency=cfg.replicas,  # one vLLM engine per replica, like the actor backend
         should_continue_on_error=True,
         placement_group_config={"bundles": [bundle] * cfg.tensor_parallel_size},
         chat_template_stage=light if spec.endpoint is Endpoint.CHAT_COMPLETIONS else False,

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from nightshift.core.artifacts import ResultRow, decode_results, encode_rows, total_usage
+from nightshift.core.artifacts import ResultRow, WorkerRecord, decode_results, encode_rows, total_usage
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.protocol import Endpoint, Usage
 from nightshift.core.sharding import decode_shard
@@ -46,9 +46,14 @@ class EngineSpec(BaseModel):
     endpoint: Endpoint
     config: EngineConfig
 
-    def actor_name(self) -> str:
-        """Stable name of the actor serving this spec."""
-        return "engine-" + sha256_json(self.model_dump(mode="json"))[:16]
+    def actor_name(self, replica: int = 0) -> str:
+        """Stable name of replica ``replica`` of the actors serving this spec.
+
+        The replica count is left out of the hash: scaling a spec from one replica to three keeps
+        replica 0 (and its warm engine) and adds two beside it.
+        """
+        digest = sha256_json(self.model_dump(mode="json", exclude={"config": {"replicas"}}))[:16]
+        return f"engine-{digest}-{replica}"
 
 
 class ShardOutcome(BaseModel):
@@ -62,6 +67,7 @@ class ShardOutcome(BaseModel):
     num_errors: int
     usage: Usage
     seconds: float
+    worker: WorkerRecord | None = Field(default=None, description="The engine replica that ran it (None: read back from disk).")
 
     @classmethod
     def of(cls, name: str, results_path: str, data: bytes, rows: Sequence[ResultRow], seconds: float) -> ShardOutcome:
@@ -83,7 +89,9 @@ def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
-    if config.address is None:
+    if config.address is not None:
+        kwargs["address"] = config.address  # 'auto' then fails when no cluster runs, rather than starting one
+    else:
         kwargs.update(
             num_cpus=config.num_cpus,
             include_dashboard=False,
@@ -99,9 +107,10 @@ class _EngineActor:
     """Ray actor body: a ``VLLMEngine`` plus storage I/O for shards."""
 
     def __init__(self, spec: EngineSpec) -> None:
-        from nightshift.engine.vllm_engine import VLLMEngine
+        from nightshift.engine.base import build_engine
 
-        self.engine = VLLMEngine(spec.model_path, spec.served_model_name, spec.endpoint, spec.config)
+        # vLLM or transformers, as spec.config.kind says ("auto": vLLM unless it cannot serve the model).
+        self.engine = build_engine(spec.model_path, spec.served_model_name, spec.endpoint, spec.config)
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()
@@ -114,18 +123,33 @@ class _EngineActor:
         seconds = time.perf_counter() - started
         data = encode_rows(rows)
         store.write_bytes(results_path, data)
-        return ShardOutcome.of(name, results_path, data, rows, seconds)
+        return ShardOutcome.of(name, results_path, data, rows, seconds).model_copy(update={"worker": _this_worker()})
 
 
-def get_engine(spec: EngineSpec) -> Any:
-    """The warm actor for ``spec``, created on first use (Ray must be initialized)."""
+def _this_worker() -> WorkerRecord:
+    """The Ray node, host, process and actor this code runs in."""
+    import socket
+
+    import ray
+
+    context = ray.get_runtime_context()
+    return WorkerRecord(
+        node_id=context.get_node_id(), hostname=socket.gethostname(), pid=os.getpid(), actor=context.get_actor_name()
+    )
+
+
+def get_engine(spec: EngineSpec, replica: int = 0) -> Any:
+    """Replica ``replica`` of the warm actors for ``spec``, created on first use (Ray must be initialized)."""
     import ray
 
     cfg = spec.config
     options: dict[str, Any] = {
-        "name": spec.actor_name(),
+        "name": spec.actor_name(replica),
         "namespace": NAMESPACE,
         "get_if_exists": True,
+        # Replicas go to different nodes when there is room (best effort: on a one-node Ray, or
+        # when only one node has room, they share it). An existing actor stays where it is.
+        "scheduling_strategy": "SPREAD",
         "num_cpus": cfg.num_cpus,
         "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size,
         "max_concurrency": 1,  # vLLM's LLM is not thread-safe; shards queue at the actor
@@ -134,6 +158,11 @@ def get_engine(spec: EngineSpec) -> Any:
     if cfg.keep_warm:
         options["lifetime"] = "detached"
     return ray.remote(_EngineActor).options(**options).remote(spec)
+
+
+def get_engines(spec: EngineSpec) -> list[Any]:
+    """All ``spec.config.replicas`` warm actors for ``spec``, created on first use."""
+    return [get_engine(spec, i) for i in range(spec.config.replicas)]
 
 
 def release_all_engines() -> int:
@@ -168,25 +197,40 @@ def run_shards(
     on_done: Callable[[ShardOutcome], None] | None = None,
     in_flight: int = 2,
 ) -> list[ShardOutcome]:
-    """Run shards on the warm engine, ``in_flight`` at a time, in order of completion.
+    """Run shards on the spec's warm replicas, ``in_flight`` at a time on each, in order of completion.
 
-    Two in flight keep the actor busy between shards (the next one is already queued while
-    the driver books the last). If the driver fails (``on_done`` raised), the shards already
-    running are still waited for, so their results land before the error propagates.
+    Two in flight keep a replica busy between shards (the next one is already queued while the
+    driver books the last). Each new shard goes to the replica with the fewest in flight, so a
+    replica that finishes early gets the next one. A replica takes shards only once it is up: one
+    that Ray cannot place (no room on the cluster) holds none hostage, the others carry the batch.
+    If the driver fails (``on_done`` raised), the shards already running are still waited for, so
+    their results land before the error propagates.
     """
     import ray
 
-    actor = get_engine(spec)
+    actors = get_engines(spec)
+    starting = {actor.__ray_ready__.remote(): i for i, actor in enumerate(actors)}
+    ready: list[int] = []
+    load = [0] * len(actors)
     pending = list(jobs)
-    running: dict[Any, str] = {}
+    running: dict[Any, int] = {}
     outcomes: list[ShardOutcome] = []
     try:
         while pending or running:
-            while pending and len(running) < in_flight:
+            while pending and ready:
+                free = min(ready, key=load.__getitem__)
+                if load[free] >= in_flight:
+                    break
                 job = pending.pop(0)
-                running[actor.run_shard.remote(storage, job.name, job.requests_path, job.results_path)] = job.name
-            done, _ = ray.wait(list(running), num_returns=1)
-            running.pop(done[0])
+                running[actors[free].run_shard.remote(storage, job.name, job.requests_path, job.results_path)] = free
+                load[free] += 1
+            # Replicas still starting matter only while there is work for them.
+            done, _ = ray.wait(list(running) + (list(starting) if pending else []), num_returns=1)
+            if done[0] in starting:
+                ray.get(done[0])  # a replica that failed to start is an infrastructure error
+                ready.append(starting.pop(done[0]))
+                continue
+            load[running.pop(done[0])] -= 1
             outcome: ShardOutcome = ray.get(done[0])
             outcomes.append(outcome)
             if on_done is not None:
@@ -194,6 +238,10 @@ def run_shards(
     finally:
         if running:
             ray.wait(list(running), num_returns=len(running))
+    if starting and jobs:
+        log.warning(
+            "%d of %d engine replicas took no shard (still starting, or no room on the cluster)", len(starting), len(actors)
+        )
     return outcomes
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from nightshift.core.artifacts import ResultRow
 from nightshift.core.protocol import (
-    BatchError,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -24,6 +23,7 @@ from nightshift.core.protocol import (
     ValidRequest,
 )
 from nightshift.engine import sampling
+from nightshift.engine.base import BaseEngine
 from nightshift.settings import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ def prepare_environment(config: EngineConfig) -> None:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
-class VLLMEngine:
+class VLLMEngine(BaseEngine):
     """One vLLM engine for one endpoint kind (a generating or a pooling model)."""
+
+    kind = "vllm"
 
     def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
         prepare_environment(config)
@@ -84,6 +86,7 @@ class VLLMEngine:
     def info(self) -> dict[str, Any]:
         """Engine identity and counters (for manifests and warm-reuse checks)."""
         return {
+            "engine": self.kind,
             "model": self.model_name,
             "endpoint": self.endpoint.value,
             "startup_seconds": self.startup_seconds,
@@ -91,37 +94,8 @@ class VLLMEngine:
             "pid": os.getpid(),
         }
 
-    def run(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
-        """Answer ``requests`` in order; a request the engine rejects becomes an error row."""
-        if not requests:
-            return []
-        try:
-            rows = self._run_many(requests)
-        except Exception as exc:  # noqa: BLE001 - isolate the bad request(s) below
-            if len(requests) == 1:
-                return [self._error_row(requests[0], exc)]
-            log.warning("engine rejected a group of %d requests (%s); retrying one by one", len(requests), exc)
-            rows = [self._run_one(r) for r in requests]
-        self.requests_served += len(requests)
-        for row, request in zip(rows, requests, strict=True):
-            row.cache_key = request.cache_key
-        return rows
-
     # ------------------------------------------------------------------ internals
-
-    def _run_one(self, request: ValidRequest) -> ResultRow:
-        try:
-            return self._run_many([request])[0]
-        except Exception as exc:  # noqa: BLE001 - one request's failure is its own error row
-            return self._error_row(request, exc)
-
-    @staticmethod
-    def _error_row(request: ValidRequest, exc: Exception) -> ResultRow:
-        return ResultRow(
-            line=request.line,
-            custom_id=request.custom_id,
-            error=BatchError(code="engine_error", message=f"{type(exc).__name__}: {exc}", line=request.line),
-        )
+    # (run(), request isolation and error rows are BaseEngine's, shared with the transformers engine)
 
     def _sampling_params(self, body: ChatCompletionRequest | CompletionRequest, prompt_tokens: int | None) -> Any:
         from vllm import SamplingParams

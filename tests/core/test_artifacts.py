@@ -78,3 +78,12 @@ def test_sla_report_met_and_breached():
         tier=Tier.FREE, submitted_at=t0, finished_at=t0 + timedelta(hours=2), requests=1, tokens=1, tier_hours={"free": 1.0}
     )
     assert not custom.met
+
+
+def test_a_manifest_shard_without_a_worker_still_loads():
+    from nightshift.core.artifacts import ShardRecord, WorkerRecord
+
+    old = {"name": "shard-00000", "index": 0, "num_requests": 2, "input": {"path": "p", "sha256": "0" * 64, "bytes": 9}}
+    assert ShardRecord.model_validate(old).worker is None  # written before shard records named their worker
+    new = ShardRecord.model_validate({**old, "worker": {"node_id": "ab12", "hostname": "h", "pid": 7, "actor": "engine-x-1"}})
+    assert new.worker == WorkerRecord(node_id="ab12", hostname="h", pid=7, actor="engine-x-1")

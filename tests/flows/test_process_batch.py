@@ -50,6 +50,7 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     assert manifest["request_counts"] == {"total": 50, "completed": 47, "failed": 3}
     assert manifest["usage"]["completion_tokens"] == 47 * 8
     assert len(manifest["shards"]) == 5 and manifest["version"] == result.version
+    assert manifest["engine"]["kind"] == "auto" and manifest["engine"]["used"] == "vllm"  # vLLM can serve this model
     assert result.sla.met and result.sla.tier.value == "premium"
     # every hash in the manifest is the hash of the bytes on disk
     files = [manifest["input"], manifest["output_file"], manifest["error_file"]]

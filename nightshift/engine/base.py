@@ -1,0 +1,139 @@
+"""The engine interface, the request isolation both engines share, and the factory that picks one.
+
+Two engines answer the same ``ValidRequest`` rows with the same ``ResultRow`` rows: vLLM (fast, the
+default) and Hugging Face transformers ``generate`` (slow, runs wherever torch runs). Which one
+serves a batch is ``EngineConfig.kind``; ``"auto"`` tries vLLM and falls back to transformers when
+vLLM cannot be imported, cannot load the model, or cannot run it on this hardware.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+from nightshift.core.artifacts import ResultRow
+from nightshift.core.errors import UnsupportedRequestError
+from nightshift.core.protocol import BatchError, Endpoint, ValidRequest
+from nightshift.settings import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the runner needs from an engine: identity, counters, and rows out for requests in."""
+
+    model_name: str
+    endpoint: Endpoint
+
+    def info(self) -> dict[str, Any]:
+        """Engine identity and counters; ``info()["engine"]`` names the implementation."""
+        ...
+
+    def run(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+        """Answer ``requests`` in order, one row each; a request the engine rejects is an error row."""
+        ...
+
+
+class BaseEngine(ABC):
+    """Request isolation shared by both engines: subclasses answer a group in ``_run_many``.
+
+    A group that raises is retried one request at a time, so one bad request costs only its own
+    row (code ``engine_error``, or the code an ``UnsupportedRequestError`` carries); only a failure
+    of the engine as a whole would make every row an error.
+    """
+
+    kind: ClassVar[str]
+    model_name: str
+    endpoint: Endpoint
+    requests_served: int
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Engine identity and counters (for manifests and warm-reuse checks)."""
+
+    @abstractmethod
+    def _run_many(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+        """Answer a group of requests; raise when the group cannot be answered."""
+
+    def run(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+        """Answer ``requests`` in order; a request the engine rejects becomes an error row."""
+        if not requests:
+            return []
+        try:
+            rows = self._run_many(requests)
+        except Exception as exc:  # noqa: BLE001 - isolate the bad request(s) below
+            if len(requests) == 1:
+                rows = [self._error_row(requests[0], exc)]
+            else:
+                log.warning("engine rejected a group of %d requests (%s); retrying one by one", len(requests), exc)
+                rows = [self._run_one(r) for r in requests]
+        self.requests_served += len(requests)
+        for row, request in zip(rows, requests, strict=True):
+            row.cache_key = request.cache_key
+        return rows
+
+    def probe(self) -> None:
+        """Answer one tiny request, raising if the engine cannot run on this model and hardware.
+
+        Some failures only show at the first forward pass (vLLM's CPU attention rejects a head
+        size after the model has loaded), so ``auto`` probes before it commits to an engine.
+        Not counted in ``requests_served``.
+        """
+        body: dict[str, Any]
+        if self.endpoint is Endpoint.CHAT_COMPLETIONS:
+            body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1, "temperature": 0}
+        elif self.endpoint is Endpoint.COMPLETIONS:
+            body = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
+        else:
+            body = {"input": "Hello"}
+        (row,) = self._run_many([ValidRequest(line=1, custom_id="probe", url=self.endpoint, body=body)])
+        if row.error is not None:
+            raise RuntimeError(f"probe request failed: {row.error.message}")
+
+    def _run_one(self, request: ValidRequest) -> ResultRow:
+        try:
+            return self._run_many([request])[0]
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its own error row
+            return self._error_row(request, exc)
+
+    @staticmethod
+    def _error_row(request: ValidRequest, exc: Exception) -> ResultRow:
+        """The error row for ``request``; ``UnsupportedRequestError`` keeps its own code and field."""
+        if isinstance(exc, UnsupportedRequestError):
+            error = BatchError(code=exc.code, message=str(exc), param=exc.param, line=request.line)
+        else:
+            error = BatchError(code="engine_error", message=f"{type(exc).__name__}: {exc}", line=request.line)
+        return ResultRow(line=request.line, custom_id=request.custom_id, error=error)
+
+
+def build_engine(model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> Engine:
+    """The engine ``config.kind`` asks for; with ``"auto"``, vLLM unless it cannot serve the model.
+
+    ``"auto"`` falls back on any failure to import vLLM, build ``LLM`` or answer a one-token
+    probe, logs a warning with the reason, and records it as ``info()["fallback_reason"]``.
+    An explicit ``"vllm"`` never falls back: its failure raises (or fails requests) as before.
+    """
+    from nightshift.engine.hf_engine import TransformersEngine
+    from nightshift.engine.vllm_engine import VLLMEngine
+
+    if config.kind == "transformers":
+        return TransformersEngine(model_path, served_model_name, endpoint, config)
+    if config.kind == "vllm":
+        return VLLMEngine(model_path, served_model_name, endpoint, config)
+    engine: VLLMEngine | None = None
+    try:
+        engine = VLLMEngine(model_path, served_model_name, endpoint, config)
+        engine.probe()
+        return engine
+    except Exception as exc:  # noqa: BLE001 - any vLLM failure is a reason to fall back
+        reason = f"{type(exc).__name__}: {exc}"
+    # Drop the failed vLLM engine (and its KV cache) before loading the model a second time.
+    del engine
+    gc.collect()
+    log.warning("vLLM cannot serve %s (%s); falling back to the transformers engine", model_path, reason)
+    fallback = TransformersEngine(model_path, served_model_name, endpoint, config)
+    fallback.fallback_reason = reason
+    return fallback
