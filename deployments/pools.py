@@ -34,6 +34,9 @@ class PoolDeclaration(BaseModel):
     kubernetes_base_job_template: str | None = Field(
         default=None, description="Template file (repo-relative) for --type kubernetes."
     )
+    queues: dict[str, int] = Field(
+        default_factory=dict, description="Work queue name → priority (1 first); 'default' is the deployments' queue."
+    )
 
     def base_job_template(self, pool_type: str) -> dict[str, Any]:
         """The job template for ``pool_type``: the worker's default for ``process``, ours for Kubernetes."""
@@ -69,7 +72,22 @@ def apply_pools(pools: list[PoolDeclaration], pool_type: str = "process") -> lis
                 ),
                 overwrite=True,
             )
+            for queue, priority in pool.queues.items():
+                _apply_queue(client, pool.name, queue, priority)
     return [p.name for p in pools]
+
+
+def _apply_queue(client: Any, pool: str, queue: str, priority: int) -> None:
+    """Create the pool's work queue, or bring its priority back to the declaration."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        existing = client.read_work_queue_by_name(queue, work_pool_name=pool)
+    except ObjectNotFound:
+        client.create_work_queue(name=queue, work_pool_name=pool, priority=priority)
+        return
+    if existing.priority != priority:
+        client.update_work_queue(existing.id, priority=priority)
 
 
 def deploy_all(env: dict[str, str] | None = None) -> str:

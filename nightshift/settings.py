@@ -221,6 +221,20 @@ class ApiConfig(BaseModel):
         default=10_000, ge=0, description="API calls per key per hour on the enterprise tier."
     )
 
+    allowed_file_roots: list[Path] = Field(
+        default_factory=list, description="Folders a job's file:// input_file_url may point into (none: file:// refused)."
+    )
+    allowed_https_hosts: list[str] = Field(
+        default_factory=list, description="Hosts a job's https:// input_file_url may name (none: https refused)."
+    )
+    max_inline_items: int = Field(default=1_000, ge=1, le=100_000, description="Items a job may carry inline.")
+    results_url_seconds: int = Field(
+        default=3_600, ge=60, le=7 * 86_400, description="Lifetime of presigned result URLs (S3 stores)."
+    )
+    price_input_per_million: float = Field(default=0.10, ge=0, description="USD per million prompt tokens (dedicated).")
+    price_output_per_million: float = Field(default=0.40, ge=0, description="USD per million completion tokens (dedicated).")
+    spot_discount: float = Field(default=0.6, ge=0, le=1, description="Share of the price taken off on spot capacity.")
+
     def requests_per_hour(self) -> dict[str, int]:
         """Tier name → API calls per key per hour."""
         return {

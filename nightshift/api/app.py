@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
@@ -27,10 +28,13 @@ from pydantic import BaseModel, Field
 from nightshift.api import db as store_db
 from nightshift.api import metrics, webhooks
 from nightshift.api.auth import AuthError, Principal, RateLimited, authenticate, check_rate_limit
-from nightshift.api.objects import batch_object, error_body, file_object
+from nightshift.api.objects import batch_object, error_body, file_object, job_created, job_results_body, job_status
 from nightshift.api.tracker import TERMINAL, read_state, request_flow_run_cancel, transition
-from nightshift.core.errors import BatchFileError, NightshiftError
+from nightshift.core.artifacts import Manifest
+from nightshift.core.errors import BatchFileError, JobRequestError, NightshiftError, TierExceededError
+from nightshift.core.jobs import JobCreate, Prices, check_input_url, effective_tier, render_inline
 from nightshift.core.protocol import Endpoint
+from nightshift.core.sla import deadline_for
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 from nightshift.storage.partial import publish_partial
@@ -121,6 +125,14 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
     async def _bad_file(_: Request, exc: BatchFileError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), code="invalid_file", param="file"), status_code=400)
 
+    @app.exception_handler(JobRequestError)
+    async def _bad_job(_: Request, exc: JobRequestError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), code="invalid_request", param=exc.field), status_code=400)
+
+    @app.exception_handler(TierExceededError)
+    async def _tier_exceeded(_: Request, exc: TierExceededError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), type_="permission_error", code="tier_exceeded", param="sla_tier"), 403)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -172,7 +184,7 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             raise ApiError(400, f"purpose must be 'batch' (got {purpose!r}): this server runs batches", param="purpose")
         file_id = f"file-{secrets.token_hex(12)}"
         path = f"{store.root}/files/{who.org_id}/{file_id}.jsonl"
-        size, lines, objects = await _receive(file, path)
+        size, lines, objects = await _receive(_upload_chunks(file), file.filename or "upload", path)
         async with database.session() as session:
             row = await store_db.add_file(
                 session,
@@ -189,8 +201,12 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
         await audit(who, "file.create", file_id, bytes=size, lines=lines, json_objects=objects)
         return JSONResponse(file_object(row))
 
-    async def _receive(upload: UploadFile, path: str) -> tuple[int, int, int]:
-        """Stream the upload into the store, enforcing the batch limits on the way."""
+    async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+        while chunk := await upload.read(UPLOAD_CHUNK):
+            yield chunk
+
+    async def _receive(chunks: AsyncIterator[bytes], name: str, path: str) -> tuple[int, int, int]:
+        """Stream ``chunks`` into the store at ``path``, enforcing the batch limits on the way."""
         limits = settings.limits
         size = lines = objects = 0
         tail = b""
@@ -198,10 +214,10 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
         store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         try:
             with store.fs.open(tmp, "wb") as out:
-                while chunk := await upload.read(UPLOAD_CHUNK):
+                async for chunk in chunks:
                     size += len(chunk)
                     if size > limits.max_bytes:
-                        raise BatchFileError.too_large(upload.filename or "upload", size, limits.max_bytes)
+                        raise BatchFileError.too_large(name, size, limits.max_bytes)
                     out.write(chunk)
                     parts = (tail + chunk).split(b"\n")
                     tail = parts.pop()
@@ -209,17 +225,17 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
                         n, o = _count(part)
                         lines, objects = lines + n, objects + o
                     if lines > limits.max_lines:
-                        raise BatchFileError.too_many_lines(upload.filename or "upload", limits.max_lines)
+                        raise BatchFileError.too_many_lines(name, limits.max_lines)
             n, o = _count(tail)
             lines, objects = lines + n, objects + o
             if lines > limits.max_lines:
-                raise BatchFileError.too_many_lines(upload.filename or "upload", limits.max_lines)
+                raise BatchFileError.too_many_lines(name, limits.max_lines)
             if lines == 0:
-                raise BatchFileError.empty(upload.filename or "upload")
+                raise BatchFileError.empty(name)
             if objects == 0:
                 raise BatchFileError(
                     "not a JSONL batch file: no line is a JSON object (expected one OpenAI batch request per line)",
-                    uri=upload.filename or "upload",
+                    uri=name,
                 )
             store.fs.mv(tmp, path)
         except BaseException:
@@ -278,25 +294,50 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             raise ApiError(400, f"completion_window must be one of {', '.join(WINDOWS)}", param="completion_window")
         source = await _file(who, body.input_file_id)
         now = datetime.now(UTC)
+        row = await _start_batch(
+            who,
+            source=source,
+            endpoint=endpoint,
+            completion_window=body.completion_window,
+            metadata=body.metadata,
+            webhook=(body.metadata or {}).get("webhook_url") or await _key_webhook(who),
+            tier=who.tier,
+            deadline=now + timedelta(hours=WINDOWS[body.completion_window]),
+            now=now,
+        )
+        return JSONResponse(batch_object(row))
+
+    async def _start_batch(
+        who: Principal,
+        *,
+        source: Any,
+        endpoint: Endpoint,
+        completion_window: str,
+        metadata: dict[str, str] | None,
+        webhook: str | None,
+        tier: str,
+        deadline: datetime,
+        now: datetime,
+        priority: str = "normal",
+    ) -> Any:
+        """Record a batch row for ``source`` and hand it to a pool (both APIs start work here)."""
         batch_id = f"batch_{secrets.token_hex(12)}"
-        expires = now + timedelta(hours=WINDOWS[body.completion_window])
-        webhook = (body.metadata or {}).get("webhook_url") or await _key_webhook(who)
         # An SLA drill knob, like the flow parameter: it can only slow the caller's own batch.
-        drill = (body.metadata or {}).get(DRILL_KEY)
+        drill = (metadata or {}).get(DRILL_KEY)
         extra = {"slow_shards_seconds": float(drill)} if drill else {}
         async with database.session() as session:
-            row = await store_db.add_batch(
+            await store_db.add_batch(
                 session,
                 id=batch_id,
                 org_id=who.org_id,
                 input_file_id=source.id,
                 endpoint=endpoint.value,
-                completion_window=body.completion_window,
-                metadata=body.metadata,
+                completion_window=completion_window,
+                metadata=metadata,
                 status="validating",
-                tier=who.tier,
-                deadline=expires,
-                expires_at=expires,
+                tier=tier,
+                deadline=deadline,
+                expires_at=deadline,
                 created_at=now,
                 webhook_url=webhook,
             )
@@ -307,12 +348,13 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             sub = await asyncio.to_thread(
                 submit_batch,
                 source.uri,
-                tier=who.tier,
+                tier=tier,
                 settings=settings,
                 submitted_at=now,
+                priority=priority,
                 batch_id=batch_id,
                 endpoint=endpoint,
-                deadline=expires,
+                deadline=deadline,
                 **extra,
             )
             fields = {
@@ -328,8 +370,140 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             row = await store_db.update_batch(session, batch_id, **fields)
             await session.commit()
         metrics.BATCHES.labels(status=row.status).inc()
-        await audit(who, "batch.create", batch_id, input_file_id=source.id, pool=fields.get("pool"))
-        return JSONResponse(batch_object(row))
+        await audit(who, "batch.create", batch_id, input_file_id=source.id, pool=fields.get("pool"), priority=priority)
+        return row
+
+    # -- jobs: the native API over the same batch rows ---------------------------------------
+    @app.post("/v1/jobs")
+    async def create_job(who: Caller, body: JobCreate) -> JSONResponse:
+        tier = effective_tier(body.sla_tier, who.tier)
+        priority = body.priority()
+        now = datetime.now(UTC)
+        if body.input is not None:
+            served = settings.engine.served_model_name or Path(settings.engine.model).name
+            data = render_inline(body, model=served, max_items=settings.api.max_inline_items)
+            source = await _store_file(who, _one_chunk(data), "inline.jsonl")
+        else:
+            checked = check_input_url(
+                body.input_file_url or "",
+                allowed_file_roots=settings.api.allowed_file_roots,
+                allowed_https_hosts=settings.api.allowed_https_hosts,
+            )
+            if checked.fetch_by_gateway:
+                source = await _store_file(who, _download(checked.url), checked.url.rsplit("/", 1)[-1] or "input.jsonl")
+            else:
+                source = await _register_url(who, checked.url)
+        deadline = deadline_for(now, tier, settings.sla.hours())
+        row = await _start_batch(
+            who,
+            source=source,
+            endpoint=body.job_endpoint(),
+            completion_window=f"{settings.sla.hours()[tier.value]:g}h",
+            metadata=body.metadata,
+            webhook=body.webhook_url or await _key_webhook(who),
+            tier=tier.value,
+            deadline=deadline,
+            now=now,
+            priority=priority.value,
+        )
+        return JSONResponse(job_created(row))
+
+    async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    async def _download(url: str) -> AsyncIterator[bytes]:
+        """Stream an allow-listed https URL (no redirects: a redirect could leave the allow-list)."""
+        import httpx
+
+        async with httpx.AsyncClient(follow_redirects=False, timeout=60) as client, client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise JobRequestError(f"fetching it gave HTTP {response.status_code}", field="input_file_url", value=url)
+            async for chunk in response.aiter_bytes(UPLOAD_CHUNK):
+                yield chunk
+
+    async def _store_file(who: Principal, chunks: AsyncIterator[bytes], filename: str) -> Any:
+        """A File row for content written into the store (inline items, downloaded inputs)."""
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = f"{store.root}/files/{who.org_id}/{file_id}.jsonl"
+        size, lines, objects = await _receive(chunks, filename, path)
+        async with database.session() as session:
+            row = await store_db.add_file(
+                session, id=file_id, org_id=who.org_id, filename=filename, purpose="batch",
+                bytes=size, lines=lines, uri=store.uri(path), sha256=None,
+            )  # fmt: skip
+            await session.commit()
+        await audit(who, "file.create", file_id, bytes=size, lines=lines, json_objects=objects)
+        return row
+
+    async def _register_url(who: Principal, url: str) -> Any:
+        """A File row for an input read in place (s3, allowed local folder): only its size is read."""
+        import fsspec
+
+        def size() -> int:
+            fs, path = fsspec.core.url_to_fs(url, **settings.storage.storage_options(url))
+            return int(fs.size(path))
+
+        try:
+            nbytes = await asyncio.to_thread(size)
+        except FileNotFoundError:
+            raise JobRequestError("no such object", field="input_file_url", value=url) from None
+        except Exception as exc:  # noqa: BLE001 - unreachable store, no permission: the caller's to fix
+            raise JobRequestError(f"cannot be read: {exc}", field="input_file_url", value=url) from None
+        if nbytes > settings.limits.max_bytes:
+            raise BatchFileError.too_large(url, nbytes, settings.limits.max_bytes)
+        file_id = f"file-{secrets.token_hex(12)}"
+        async with database.session() as session:
+            row = await store_db.add_file(
+                session, id=file_id, org_id=who.org_id, filename=url.rsplit("/", 1)[-1], purpose="batch",
+                bytes=nbytes, lines=0, uri=url, sha256=None,
+            )  # fmt: skip
+            await session.commit()
+        await audit(who, "file.create", file_id, bytes=nbytes, source=url)
+        return row
+
+    @app.get("/v1/jobs/{job_id}")
+    async def retrieve_job(who: Caller, job_id: str) -> JSONResponse:
+        row = await _batch(who, job_id)
+        live = await refresh(row)
+        return JSONResponse(job_status(await _batch(who, job_id), live))
+
+    @app.get("/v1/jobs/{job_id}/results")
+    async def job_results(who: Caller, job_id: str, request: Request) -> JSONResponse:
+        row = await _batch(who, job_id)
+        await refresh(row)
+        row = await _batch(who, job_id)
+        if row.status not in ("completed", "cancelled", "expired") or row.output_file_id is None:
+            raise ApiError(409, f"job {job_id} has no results yet (status {row.status})", code="job_not_finished")
+        manifest = None
+        if row.status == "completed" and row.version:
+            path = store.batch(row.id, row.version).manifest
+            if await asyncio.to_thread(store.exists, path):
+                manifest = Manifest.model_validate_json(await asyncio.to_thread(store.read_bytes, path))
+        base = str(request.base_url).rstrip("/")
+
+        async def link(file_id: str | None) -> str | None:
+            if file_id is None:
+                return None
+            source = await _file(who, file_id)
+            if "://" in source.uri and not source.uri.startswith("file://"):
+                return await asyncio.to_thread(store.sign, source.uri, settings.api.results_url_seconds)
+            return f"{base}/v1/files/{file_id}/content"
+
+        prices = Prices(
+            input_per_million=settings.api.price_input_per_million,
+            output_per_million=settings.api.price_output_per_million,
+            spot_discount=settings.api.spot_discount,
+        )
+        body = job_results_body(
+            row,
+            results_url=await link(row.output_file_id),
+            errors_url=await link(row.error_file_id),
+            retention_days=settings.storage.retention_days,
+            manifest=manifest,
+            prices=prices,
+        )
+        await audit(who, "job.results", job_id)
+        return JSONResponse(body)
 
     async def _key_webhook(who: Principal) -> str | None:
         """The calling key's default webhook (JWT callers have none)."""

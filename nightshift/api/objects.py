@@ -3,8 +3,11 @@ official ``openai`` client parses them); nightshift's own fields go under ``nigh
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from nightshift.core.artifacts import Manifest
+from nightshift.core.jobs import Prices, job_cost, mean_request_latency
 
 
 def unix(ts: datetime | None) -> int | None:
@@ -77,3 +80,101 @@ def batch_object(b: Any, live: dict[str, Any] | None = None) -> dict[str, Any]:
 def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> dict:
     """OpenAI's error envelope (the client raises its typed errors from it)."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# -- the native job API: the same rows, in the job's shape -----------------------------------
+def iso(ts: datetime | None) -> str | None:
+    """Job timestamps are ISO 8601 (UTC)."""
+    return None if ts is None else ts.isoformat()
+
+
+def job_created(b: Any) -> dict[str, Any]:
+    """``POST /v1/jobs`` response."""
+    placement = b.placement or {}
+    eta = placement.get("estimated_seconds")
+    return {
+        "job_id": b.id,
+        "object": "job",
+        "status": b.status,
+        "created_at": iso(b.created_at),
+        "deadline_at": iso(b.deadline),
+        "estimated_completion": iso(b.created_at + timedelta(seconds=eta)) if eta is not None else None,
+        "priority": (b.metadata_ or {}).get("priority", "normal"),
+        "pool": b.pool,
+        "errors": b.errors,
+    }
+
+
+def _throughput(b: Any, live: dict[str, Any] | None) -> dict[str, float | None]:
+    """Rates while running (the SLA watch's window); over the whole run once finished."""
+    if live is not None:
+        return {
+            "req_per_sec": live.get("requests_per_second"),
+            "tokens_per_sec": live.get("tokens_per_second"),
+            "estimated_remaining": live.get("eta_seconds"),
+        }
+    counts, usage = b.request_counts or {}, b.usage or {}
+    if b.completed_at is not None and b.in_progress_at is not None:
+        seconds = max((b.completed_at - b.in_progress_at).total_seconds(), 1e-9)
+        return {
+            "req_per_sec": round(counts.get("total", 0) / seconds, 3),
+            "tokens_per_sec": round(usage.get("total_tokens", 0) / seconds, 3),
+            "estimated_remaining": 0.0,
+        }
+    return {"req_per_sec": None, "tokens_per_sec": None, "estimated_remaining": None}
+
+
+def job_status(b: Any, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``GET /v1/jobs/{id}``: status, progress, throughput, SLA, pool and version."""
+    counts = b.request_counts or {}
+    total, completed, failed = counts.get("total", 0), counts.get("completed", 0), counts.get("failed", 0)
+    percent = (live or {}).get("percent")
+    if percent is None:
+        percent = 100.0 if b.status == "completed" else (100.0 * (completed + failed) / total if total else 0.0)
+    return {
+        "job_id": b.id,
+        "object": "job",
+        "status": b.status,
+        "created_at": iso(b.created_at),
+        "progress": {"completed": completed, "failed": failed, "total": total, "percent": round(percent, 2)},
+        "throughput": _throughput(b, live),
+        "sla": {"tier": b.tier, "deadline_at": iso(b.deadline), "risk": (live or {}).get("risk")},
+        "pool": b.pool,
+        "version": b.version,
+        "priority": (b.metadata_ or {}).get("priority", "normal"),
+        "metadata": b.metadata_ or None,
+        "errors": b.errors,
+    }
+
+
+def job_results_body(
+    b: Any,
+    *,
+    results_url: str | None,
+    errors_url: str | None,
+    retention_days: float,
+    manifest: Manifest | None,
+    prices: Prices,
+) -> dict[str, Any]:
+    """``GET /v1/jobs/{id}/results``: where the files are, until when, and what the job did."""
+    counts = b.request_counts or {}
+    finished = b.completed_at or b.cancelled_at or b.expired_at
+    placement = b.placement or {}
+    shards = [s.model_dump() for s in manifest.shards] if manifest is not None else []
+    latency = mean_request_latency(shards)
+    return {
+        "job_id": b.id,
+        "object": "job.results",
+        "status": b.status,
+        "results_url": results_url,
+        "errors_url": errors_url,
+        "expires_at": iso(finished + timedelta(days=retention_days)) if finished else None,
+        "stats": {
+            "total": counts.get("total", 0),
+            "successful": counts.get("completed", 0),
+            "failed": counts.get("failed", 0),
+            "avg_latency_s": None if latency is None else round(latency, 4),
+            "usage": b.usage,
+            "cost": {"usd": job_cost(b.usage, pool_kind=placement.get("kind"), prices=prices), "capacity": placement.get("kind")},
+        },
+    }

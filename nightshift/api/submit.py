@@ -125,6 +125,7 @@ def submit_batch(
     tier: Tier = Tier.BASIC,
     settings: Settings | None = None,
     submitted_at: datetime | None = None,
+    priority: str = "normal",
     **params: Any,
 ) -> Submission:
     """Place the batch on spot or dedicated and start the chosen deployment (returns at once).
@@ -133,6 +134,8 @@ def submit_batch(
         input_uri: The batch JSONL file; local paths are sent absolute.
         tier: SLA tier; the deadline counts from ``submitted_at`` (default now) and stays with
             the batch if it is resumed elsewhere.
+        priority: low, normal or high: the work queue of the chosen pool the run waits in
+            (``settings.pools.priority_queues``); workers take higher-priority queues first.
         params: Further ``BatchRunParameters`` fields (batch_id, model, shard_size, ...).
 
     Raises:
@@ -163,7 +166,8 @@ def submit_batch(
         parameters={"params": run_params.model_dump(mode="json", exclude_none=True)},
         timeout=0,
         as_subflow=False,
-        tags=[f"tier:{tier.value}", f"capacity:{placement.kind}"],
+        work_queue_name=settings.pools.priority_queues[priority],
+        tags=[f"tier:{tier.value}", f"capacity:{placement.kind}", f"priority:{priority}"],
     )
     return Submission(
         flow_run_id=str(run.id),

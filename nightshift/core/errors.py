@@ -127,3 +127,19 @@ class OrchestrationError(NightshiftError):
 class ScoringJobError(ValueError, NightshiftError):
     """A scoring job cannot run as configured: its table lacks a column, its prompt reads an
     undeclared one. Raised before any row is scored."""
+
+
+class JobRequestError(ValueError, NightshiftError):
+    """A job request the gateway refuses before anything runs or is fetched (names the field)."""
+
+    def __init__(self, message: str, *, field: str, value: Any = None) -> None:
+        self.field, self.value = field, value
+        super().__init__(f"{field}: {message}")
+
+
+class TierExceededError(NightshiftError):
+    """A caller asked for a higher SLA tier than its key carries."""
+
+    def __init__(self, requested: str, allowed: str) -> None:
+        self.requested, self.allowed = requested, allowed
+        super().__init__(f"sla_tier {requested!r} is above this key's tier {allowed!r}")
