@@ -87,7 +87,8 @@ def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess
         )
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    """Wait until something listens on 127.0.0.1:``port`` (raises if ``proc`` exits or time runs out)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -111,7 +112,7 @@ def local_pushgateway(folder: Path, *, port: int | None = None, timeout: float =
     log = folder / "pushgateway.log"
     proc = start_process([binary, f"--web.listen-address=127.0.0.1:{port}"], dict(os.environ), log)
     try:
-        _wait_port(port, proc, timeout, "pushgateway", log)
+        wait_port(port, proc, timeout, "pushgateway", log)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process_group(proc)
@@ -143,7 +144,7 @@ def local_ray_head(
     log = temp_dir / "head.log"
     proc = start_process(args, env, log)
     try:
-        _wait_port(port, proc, timeout, "Ray head", log)
+        wait_port(port, proc, timeout, "Ray head", log)
         yield f"127.0.0.1:{port}"
     finally:
         stop_process_group(proc, grace=15)
@@ -267,7 +268,7 @@ def local_postgres(folder: Path, *, port: int | None = None, user: str = "nights
     args = [*as_user, "postgres", "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]
     proc = start_process(args, dict(os.environ), log)
     try:
-        _wait_port(port, proc, timeout, "PostgreSQL", log)
+        wait_port(port, proc, timeout, "PostgreSQL", log)
         yield f"127.0.0.1:{port}"
     finally:
         stop_process_group(proc, grace=15)

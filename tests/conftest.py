@@ -97,19 +97,25 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3-compatible server (moto's server mode) on 127.0.0.1, for the session."""
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, for the session.
 
-    from nightshift.services import free_port
+    In its own process, stopped by its process group: moto's server is a Flask app, and Flask's
+    request proxies in this process's modules make vLLM's in-process start-up fail ("Working outside
+    of application context") when it walks the loaded modules.
+    """
+    import sys
+
+    from nightshift.services import free_port, start_process, stop_process_group, wait_port
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = start_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log)
     try:
+        wait_port(port, proc, 60, "moto server", log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.stop()
+        stop_process_group(proc)
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from uuid import UUID
 
 import httpx
 import openai
 import pytest
-from batchfiles import write_batch
+from batchfiles import chat_line, write_batch
 from gateways import cli, start_gateway
 
 from nightshift.services import free_port, stop_process_group
@@ -63,7 +64,12 @@ def test_s3_job_completes_and_its_results_download_over_http(gateway, s3_bucket,
     import s3fs
 
     src = tmp_path / "candidates.jsonl"
-    write_batch(src, 6, max_tokens=4)
+    nonce = uuid.uuid4().hex[:8]  # new prompts: the engine answers them, not the request cache
+    with src.open("w") as f:
+        for i in range(6):
+            line = chat_line(i, max_tokens=4)
+            line["body"]["messages"][0]["content"] += f" ({nonce})"
+            f.write(json.dumps(line) + "\n")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": gateway["env"]["NIGHTSHIFT_STORAGE_ENDPOINT_URL"]})
     fs.put(str(src), f"{s3_bucket}/in/candidates.jsonl")
 
