@@ -58,3 +58,24 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
     with fsspec.open(path, "rt") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def check_mixed_batch(result: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The invariants of the 50-line mixed batch (``write_batch(src, 47, ["invalid_json",
+    "unknown_url", "bad_body"])``, 8 tokens each) on a run's real output and error files:
+    47 outputs in input order, 3 error lines naming their lines, every custom_id exactly once."""
+    from nightshift.core.protocol import BatchRequestOutput, ChatCompletion
+
+    out, err = read_jsonl(result.output_uri), read_jsonl(result.error_uri)
+    assert (len(out), len(err)) == (47, 3)
+    assert result.request_counts.model_dump() == {"total": 50, "completed": 47, "failed": 3}
+    parsed = [BatchRequestOutput.model_validate(o) for o in out + err]
+    ids = [p.custom_id for p in parsed]
+    assert sorted(i for i in ids if i) == sorted([f"req-{i:03d}" for i in range(47)] + ["bad-url", "bad-body"])
+    assert ids.count(None) == 1  # the line that is not JSON has no readable custom_id
+    assert {e["error"]["line"] for e in err} == {4, 11, 18}
+    for line in parsed[:47]:
+        body = ChatCompletion.model_validate(line.response.body)
+        assert body.usage.completion_tokens == 8 and body.usage.prompt_tokens > 0
+    assert out == sorted(out, key=lambda o: int(o["custom_id"][4:]))  # input order
+    return out, err

@@ -250,12 +250,16 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             rows = await store_db.list_files(session, who.org_id, purpose=purpose, limit=limit)
         return {"object": "list", "data": [file_object(f) for f in rows], "has_more": False}
 
-    async def _file(who: Principal, file_id: str) -> Any:
+    async def _owned(get: Any, who: Principal, object_id: str, name: str, param: str) -> Any:
+        """The caller's org's object, or OpenAI's 404 (another org's object is not found either)."""
         async with database.session() as session:
-            row = await store_db.get_file(session, who.org_id, file_id)
+            row = await get(session, who.org_id, object_id)
         if row is None:
-            raise ApiError(404, f"No such File object: {file_id}", code="not_found", param="file_id")
+            raise ApiError(404, f"No such {name} object: {object_id}", code="not_found", param=param)
         return row
+
+    async def _file(who: Principal, file_id: str) -> Any:
+        return await _owned(store_db.get_file, who, file_id, "File", "file_id")
 
     @app.get("/v1/files/{file_id}")
     async def retrieve_file(who: Caller, file_id: str) -> JSONResponse:
@@ -535,11 +539,7 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
         log.info("webhook for %s: %s after %d attempt(s)", batch_id, outcome, attempts)
 
     async def _batch(who: Principal, batch_id: str) -> Any:
-        async with database.session() as session:
-            row = await store_db.get_batch(session, who.org_id, batch_id)
-        if row is None:
-            raise ApiError(404, f"No such Batch object: {batch_id}", code="not_found", param="batch_id")
-        return row
+        return await _owned(store_db.get_batch, who, batch_id, "Batch", "batch_id")
 
     @app.get("/v1/batches/{batch_id}")
     async def retrieve_batch(who: Caller, batch_id: str) -> JSONResponse:

@@ -256,15 +256,20 @@ def test_webhook_is_signed_retried_and_sent_once(gateway, tmp_path):
     metrics = httpx.get(f"http://127.0.0.1:{gateway['port']}/metrics").text
     assert 'nightshift_api_webhooks_total{outcome="delivered"}' in metrics
     assert 'nightshift_api_requests_total{method="POST",route="/v1/batches",status="200"}' in metrics
-    # pool usage as the gateway read it from Prefect: the stack runs one worker per pool
-    pools = {
-        (s.name, s.labels["pool"]): s.value
-        for f in text_string_to_metric_families(metrics)
-        for s in f.samples
-        if s.name.startswith("nightshift_pool_")
-    }
+    # pool usage as the gateway read it from Prefect (every 15 s): the stack runs one worker per pool
+    deadline = time.monotonic() + 40
+    while True:
+        pools = {
+            (s.name, s.labels["pool"]): s.value
+            for f in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{gateway['port']}/metrics").text)
+            for s in f.samples
+            if s.name.startswith("nightshift_pool_")
+        }
+        if all(pools.get(("nightshift_pool_workers_online", p), 0) >= 1 for p in ("gpu-spot", "gpu-dedicated")):
+            break
+        assert time.monotonic() < deadline, pools
+        time.sleep(1)
     for pool in ("gpu-spot", "gpu-dedicated"):
-        assert pools[("nightshift_pool_workers_online", pool)] >= 1
         assert pools[("nightshift_pool_concurrency_limit", pool)] == 2
         assert pools[("nightshift_pool_queue_depth", pool)] >= 0
 

@@ -10,10 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from batchfiles import read_jsonl, write_batch
+from batchfiles import check_mixed_batch, read_jsonl, write_batch
 from engines import engine_requests_served as _engine_requests_served
-
-from nightshift.core.protocol import BatchRequestOutput, ChatCompletion
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -33,18 +31,7 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     write_batch(src, 47, ["invalid_json", "unknown_url", "bad_body"])
     result = _run(src, tier="premium")
 
-    out, err = read_jsonl(result.output_uri), read_jsonl(result.error_uri)
-    assert (len(out), len(err)) == (47, 3)
-    assert result.request_counts.model_dump() == {"total": 50, "completed": 47, "failed": 3}
-    parsed = [BatchRequestOutput.model_validate(o) for o in out + err]
-    ids = [p.custom_id for p in parsed]
-    assert sorted(i for i in ids if i) == sorted([f"req-{i:03d}" for i in range(47)] + ["bad-url", "bad-body"])
-    assert ids.count(None) == 1  # the line that is not JSON has no readable custom_id
-    assert {e["error"]["line"] for e in err} == {4, 11, 18}
-    for line in parsed[:47]:
-        body = ChatCompletion.model_validate(line.response.body)
-        assert body.usage.completion_tokens == 8 and body.usage.prompt_tokens > 0
-    assert out == sorted(out, key=lambda o: int(o["custom_id"][4:]))  # input order
+    out, err = check_mixed_batch(result)
 
     manifest = json.loads(Path(result.manifest_uri.removeprefix("file://")).read_text())
     assert manifest["request_counts"] == {"total": 50, "completed": 47, "failed": 3}
