@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+from k8s import tolerates
 from prefect.utilities.templating import find_placeholders
 from prefect.workers.base import BaseJobConfiguration
 
@@ -101,19 +102,6 @@ def _container(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["spec"]["template"]["spec"]["containers"][0]
 
 
-def _tolerates(tolerations: list[dict[str, Any]], key: str, value: str, effect: str = "NoSchedule") -> bool:
-    """Kubernetes' toleration matching for one ``key=value:effect`` taint."""
-    for t in tolerations:
-        if t.get("effect") not in (None, "", effect):
-            continue
-        operator = t.get("operator", "Equal")
-        if not t.get("key") and operator == "Exists":
-            return True
-        if t.get("key") == key and (operator == "Exists" or t.get("value", "") == value):
-            return True
-    return False
-
-
 @pytest.mark.parametrize("pool", POOLS)
 def test_template_is_a_kubernetes_base_job_template_with_a_valid_variables_schema(pool):
     template = _load(pool)
@@ -147,7 +135,7 @@ def test_job_requests_gpus_on_its_capacity_and_configures_the_engine(pool):
     assert {"cpu", "memory"} <= set(resources["requests"])
     pod = manifest["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nightshift.dev/capacity": pool.removeprefix("gpu-")}
-    assert _tolerates(pod["tolerations"], *GPU_TAINT)
+    assert tolerates(pod["tolerations"], *GPU_TAINT)
     assert isinstance(manifest["spec"]["ttlSecondsAfterFinished"], int)
     env = {e["name"]: e["value"] for e in _container(manifest)["env"]}
     assert env["NIGHTSHIFT_ENGINE_DEVICE"] == "cuda"
@@ -192,7 +180,7 @@ def test_spot_job_tolerates_spot_taints_and_is_never_retried_by_kubernetes():
     assert manifest["spec"]["backoffLimit"] == 0
     tolerations = manifest["spec"]["template"]["spec"]["tolerations"]
     for key, value in SPOT_TAINTS:
-        assert _tolerates(tolerations, key, value), key
+        assert tolerates(tolerations, key, value), key
     # A preempted run must end Crashed (the automation resumes it on gpu-dedicated), not be
     # rescheduled onto spot, which the worker would ask for on SIGTERM when backoffLimit is 0.
     assert config.env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "crash"
@@ -202,8 +190,8 @@ def test_dedicated_job_does_not_tolerate_spot_taints():
     manifest = _as_submitted(_render(_load("gpu-dedicated")))
     tolerations = manifest["spec"]["template"]["spec"]["tolerations"]
     for key, value in SPOT_TAINTS:
-        assert not _tolerates(tolerations, key, value), key
-    assert _tolerates(tolerations, *GPU_TAINT)
+        assert not tolerates(tolerations, key, value), key
+    assert tolerates(tolerations, *GPU_TAINT)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,9 @@ print(json.dumps({r["custom_id"]: o.outputs[0].text for r, o in zip(requests, ou
 """
 
 
-def test_greedy_outputs_equal_llm_chat(tmp_path, engine_env, tiny_model):
+def run_against_raw_llm_chat(tmp_path: Path, tiny_model: Path):
+    """12 greedy chat requests through the flow; asserts its answers equal raw ``LLM.chat``'s on
+    the same prompts (in a clean process) and returns the flow's result."""
     src = tmp_path / "greedy.jsonl"
     write_batch(src, 12, max_tokens=12)
     result = _run(src)
@@ -102,6 +104,11 @@ def test_greedy_outputs_equal_llm_chat(tmp_path, engine_env, tiny_model):
     want = json.loads(raw.stdout.strip().splitlines()[-1])
     assert got == want
     assert len(set(want.values())) > 1  # different prompts, different answers: a real model ran
+    return result
+
+
+def test_greedy_outputs_equal_llm_chat(tmp_path, engine_env, tiny_model):
+    run_against_raw_llm_chat(tmp_path, tiny_model)
 
 
 def test_rerun_reuses_version_and_max_tokens_makes_a_new_one(tmp_path, engine_env):

@@ -8,14 +8,12 @@ engine and the flow's tasks.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from batchfiles import check_mixed_batch, read_jsonl, write_batch
-from test_process_batch import RAW_CHAT, _manifest, _run
+from batchfiles import check_mixed_batch, write_batch
+from test_process_batch import _manifest, _run, run_against_raw_llm_chat
 
 from nightshift.core.artifacts import compute_version
 from nightshift.core.protocol import Endpoint
@@ -65,16 +63,7 @@ def test_mixed_batch_on_transformers_gives_47_outputs_and_3_errors(tmp_path, tra
 
 
 def test_transformers_flow_outputs_equal_raw_llm_chat(tmp_path, transformers_env, tiny_model):
-    src = tmp_path / "greedy.jsonl"
-    write_batch(src, 12, max_tokens=12)
-    result = _run(src)
-    got = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in read_jsonl(result.output_uri)}
-
-    raw = subprocess.run(
-        [sys.executable, "-c", RAW_CHAT, str(tiny_model), str(src)], capture_output=True, text=True, check=True, timeout=300
-    )
-    want = json.loads(raw.stdout.strip().splitlines()[-1])
-    assert got == want and len(set(want.values())) > 1
+    result = run_against_raw_llm_chat(tmp_path, tiny_model)
     assert _manifest(result)["engine"]["used"] == "transformers"
 
 

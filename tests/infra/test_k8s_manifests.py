@@ -23,6 +23,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from k8s import tolerates
 from raycluster_schema import K8S_DEFINITIONS, RAYCLUSTER_V1_SCHEMA
 from referencing import Registry, Resource
 
@@ -83,19 +84,6 @@ def _containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
-
-
-def _tolerates(tolerations: list[dict[str, Any]], key: str, value: str, effect: str = "NoSchedule") -> bool:
-    """Kubernetes' toleration matching for one ``key=value:effect`` taint."""
-    for t in tolerations:
-        if t.get("effect") not in (None, "", effect):
-            continue
-        operator = t.get("operator", "Equal")
-        if not t.get("key") and operator == "Exists":
-            return True
-        if t.get("key") == key and (operator == "Exists" or t.get("value", "") == value):
-            return True
-    return False
 
 
 def _allows(role: dict[str, Any], group: str, resource: str, verb: str) -> bool:
@@ -201,9 +189,9 @@ def test_raycluster_has_a_head_a_cpu_group_and_a_spot_gpu_group():
     pod = gpu[0]["template"]["spec"]
     assert pod["nodeSelector"] == {"nightshift.dev/capacity": "spot"}
     for key, value in SPOT_TAINTS:
-        assert _tolerates(pod["tolerations"], key, value), key
+        assert tolerates(pod["tolerations"], key, value), key
     for group in cpu:
-        assert not _tolerates(group["template"]["spec"].get("tolerations", []), "nightshift.dev/capacity", "spot")
+        assert not tolerates(group["template"]["spec"].get("tolerations", []), "nightshift.dev/capacity", "spot")
 
 
 def test_the_spot_ray_address_names_the_raycluster_head_service():
