@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.errors import EngineError
 from nightshift.core.sharding import ShardSpec
-from nightshift.engine.runner import NAMESPACE, EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
+from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 
@@ -97,25 +97,13 @@ def run_inference(
 
 
 def _engine_used(spec: EngineSpec, fresh: list[ShardOutcome]) -> tuple[str | None, str | None]:
-    """Which engine answered ``fresh`` (and why "auto" fell back, if it did).
-
-    Only "auto" needs to ask: the replicas that ran the shards (named in each outcome's worker
-    record) report what they hold. Asking waits while a replica runs another batch's shard.
-    """
+    """Which engine answered ``fresh`` (and why "auto" fell back, if it did), from the worker
+    record each replica puts on its outcomes."""
     if not fresh:
         return None, None
     if spec.config.backend == "ray-data-llm":
         return "vllm", None  # ray.data.llm builds vLLM itself; there is no fallback there
-    if spec.config.kind != "auto":
-        return spec.config.kind, None
-    import ray
-
-    names = sorted({o.worker.actor for o in fresh if o.worker is not None and o.worker.actor})
-    try:
-        infos = [ray.get(ray.get_actor(name, namespace=NAMESPACE).info.remote(), timeout=600) for name in names]
-    except Exception as exc:  # noqa: BLE001 - the results are written; an unknown engine must not fail the batch
-        get_run_logger().warning("could not ask the engine replicas which engine they run: %s", exc)
-        return None, None
-    kinds = sorted({str(info.get("engine", "vllm")) for info in infos})
-    reasons = sorted({str(info["fallback_reason"]) for info in infos if info.get("fallback_reason")})
-    return "+".join(kinds) or None, "; ".join(reasons) or None
+    workers = [o.worker for o in fresh if o.worker is not None]
+    kinds = sorted({w.engine for w in workers if w.engine})
+    reasons = sorted({w.fallback_reason for w in workers if w.fallback_reason})
+    return "+".join(kinds) or (spec.config.kind if spec.config.kind != "auto" else None), "; ".join(reasons) or None

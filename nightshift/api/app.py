@@ -182,23 +182,7 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
     async def create_file(who: Caller, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]) -> JSONResponse:
         if purpose != "batch":
             raise ApiError(400, f"purpose must be 'batch' (got {purpose!r}): this server runs batches", param="purpose")
-        file_id = f"file-{secrets.token_hex(12)}"
-        path = f"{store.root}/files/{who.org_id}/{file_id}.jsonl"
-        size, lines, objects = await _receive(_upload_chunks(file), file.filename or "upload", path)
-        async with database.session() as session:
-            row = await store_db.add_file(
-                session,
-                id=file_id,
-                org_id=who.org_id,
-                filename=file.filename or "upload.jsonl",
-                purpose=purpose,
-                bytes=size,
-                lines=lines,
-                uri=store.uri(path),
-                sha256=None,
-            )
-            await session.commit()
-        await audit(who, "file.create", file_id, bytes=size, lines=lines, json_objects=objects)
+        row = await _store_file(who, _upload_chunks(file), file.filename or "upload.jsonl")
         return JSONResponse(file_object(row))
 
     async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -426,17 +410,21 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
                 yield chunk
 
     async def _store_file(who: Principal, chunks: AsyncIterator[bytes], filename: str) -> Any:
-        """A File row for content written into the store (inline items, downloaded inputs)."""
+        """A File row for content streamed into the store (uploads, inline items, downloaded inputs)."""
         file_id = f"file-{secrets.token_hex(12)}"
         path = f"{store.root}/files/{who.org_id}/{file_id}.jsonl"
         size, lines, objects = await _receive(chunks, filename, path)
+        return await _add_file(who, file_id, filename, store.uri(path), size, lines, json_objects=objects)
+
+    async def _add_file(who: Principal, file_id: str, filename: str, uri: str, size: int, lines: int, **detail: Any) -> Any:
+        """Record a batch input file of the caller's org (and audit it)."""
         async with database.session() as session:
             row = await store_db.add_file(
                 session, id=file_id, org_id=who.org_id, filename=filename, purpose="batch",
-                bytes=size, lines=lines, uri=store.uri(path), sha256=None,
+                bytes=size, lines=lines, uri=uri, sha256=None,
             )  # fmt: skip
             await session.commit()
-        await audit(who, "file.create", file_id, bytes=size, lines=lines, json_objects=objects)
+        await audit(who, "file.create", file_id, bytes=size, lines=lines, **detail)
         return row
 
     async def _register_url(who: Principal, url: str) -> Any:
@@ -455,27 +443,16 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
             raise JobRequestError(f"cannot be read: {exc}", field="input_file_url", value=url) from None
         if nbytes > settings.limits.max_bytes:
             raise BatchFileError.too_large(url, nbytes, settings.limits.max_bytes)
-        file_id = f"file-{secrets.token_hex(12)}"
-        async with database.session() as session:
-            row = await store_db.add_file(
-                session, id=file_id, org_id=who.org_id, filename=url.rsplit("/", 1)[-1], purpose="batch",
-                bytes=nbytes, lines=0, uri=url, sha256=None,
-            )  # fmt: skip
-            await session.commit()
-        await audit(who, "file.create", file_id, bytes=nbytes, source=url)
-        return row
+        # Lines are unknown until the flow reads it: the gateway never reads a whole input here.
+        return await _add_file(who, f"file-{secrets.token_hex(12)}", url.rsplit("/", 1)[-1], url, nbytes, 0, source=url)
 
     @app.get("/v1/jobs/{job_id}")
     async def retrieve_job(who: Caller, job_id: str) -> JSONResponse:
-        row = await _batch(who, job_id)
-        live = await refresh(row)
-        return JSONResponse(job_status(await _batch(who, job_id), live))
+        return JSONResponse(job_status(*await _current(who, job_id)))
 
     @app.get("/v1/jobs/{job_id}/results")
     async def job_results(who: Caller, job_id: str, request: Request) -> JSONResponse:
-        row = await _batch(who, job_id)
-        await refresh(row)
-        row = await _batch(who, job_id)
+        row, _ = await _current(who, job_id)
         if row.status not in ("completed", "cancelled", "expired") or row.output_file_id is None:
             raise ApiError(409, f"job {job_id} has no results yet (status {row.status})", code="job_not_finished")
         manifest = None
@@ -541,11 +518,14 @@ def create_app(settings: Settings | None = None, *, track_every: float = 2.0, po
     async def _batch(who: Principal, batch_id: str) -> Any:
         return await _owned(store_db.get_batch, who, batch_id, "Batch", "batch_id")
 
+    async def _current(who: Principal, batch_id: str) -> tuple[Any, dict[str, Any] | None]:
+        """The batch after a tracker step taken now (not at the next poll), and its live progress."""
+        live = await refresh(await _batch(who, batch_id))
+        return await _batch(who, batch_id), live
+
     @app.get("/v1/batches/{batch_id}")
     async def retrieve_batch(who: Caller, batch_id: str) -> JSONResponse:
-        row = await _batch(who, batch_id)
-        live = await refresh(row)
-        return JSONResponse(batch_object(await _batch(who, batch_id), live))
+        return JSONResponse(batch_object(*await _current(who, batch_id)))
 
     @app.get("/v1/batches")
     async def list_batches(who: Caller, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20):

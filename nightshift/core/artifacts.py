@@ -95,6 +95,8 @@ class WorkerRecord(BaseModel):
     hostname: str | None = Field(default=None, description="Host name of that node.")
     pid: int | None = Field(default=None, description="Process id of the engine actor.")
     actor: str | None = Field(default=None, description="Name of the engine actor (engine-<spec hash>-<replica>).")
+    engine: str | None = Field(default=None, description="Implementation the replica runs: vllm or transformers.")
+    fallback_reason: str | None = Field(default=None, description="Why 'auto' chose transformers on this replica.")
 
 
 class ShardRecord(BaseModel):

@@ -104,7 +104,7 @@ def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
 
 
 class _EngineActor:
-    """Ray actor body: a ``VLLMEngine`` plus storage I/O for shards."""
+    """Ray actor body: an engine (vLLM or transformers) plus storage I/O for shards."""
 
     def __init__(self, spec: EngineSpec) -> None:
         from nightshift.engine.base import build_engine
@@ -123,18 +123,24 @@ class _EngineActor:
         seconds = time.perf_counter() - started
         data = encode_rows(rows)
         store.write_bytes(results_path, data)
-        return ShardOutcome.of(name, results_path, data, rows, seconds).model_copy(update={"worker": _this_worker()})
+        worker = _this_worker(self.engine.info())
+        return ShardOutcome.of(name, results_path, data, rows, seconds).model_copy(update={"worker": worker})
 
 
-def _this_worker() -> WorkerRecord:
-    """The Ray node, host, process and actor this code runs in."""
+def _this_worker(engine_info: dict[str, Any]) -> WorkerRecord:
+    """The Ray node, host, process and actor this code runs in, and the engine it holds."""
     import socket
 
     import ray
 
     context = ray.get_runtime_context()
     return WorkerRecord(
-        node_id=context.get_node_id(), hostname=socket.gethostname(), pid=os.getpid(), actor=context.get_actor_name()
+        node_id=context.get_node_id(),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        actor=context.get_actor_name(),
+        engine=engine_info.get("engine"),
+        fallback_reason=engine_info.get("fallback_reason"),
     )
 
 

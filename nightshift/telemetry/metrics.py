@@ -75,7 +75,7 @@ class BatchMetrics:
         self.running = gauge("nightshift_batch_running", "1 while the batch runs, 0 once published or failed.", S)
         self.at_risk = gauge("nightshift_batch_at_risk", "1 while the batch is at risk of (or past) its deadline.", S)
         self._base, self._sla = base, sla
-        self._counts: dict[tuple[str, str], float] = {}
+        self._counts: dict[tuple[int, str], float] = {}  # (counter, key) → value so far
         self._warned = False
         if model is not None:
             self.bind_model(model)
@@ -97,10 +97,10 @@ class BatchMetrics:
     # -- updating ----------------------------------------------------------------------------
     def _advance(self, counter: Counter, key: str, value: float, **labels: str) -> None:
         """Move ``counter`` up to ``value`` (counters cannot be set; a lower value is ignored)."""
-        last = self._counts.get((counter._name, key), 0.0)
+        last = self._counts.get((id(counter), key), 0.0)
         if value > last:
             counter.labels(**self._base, **labels).inc(value - last)
-            self._counts[(counter._name, key)] = value
+            self._counts[(id(counter), key)] = value
 
     def _usage(self, usage: Usage) -> None:
         self._advance(self.tokens, "prompt", usage.prompt_tokens, kind="prompt")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stacks import up_env
 
 POOLS = ("gpu-spot", "gpu-dedicated", "nightshift-ops")
 
@@ -66,15 +66,8 @@ def stack(prefect_api, ray_session, tiny_model, s3_endpoint, tmp_path_factory):
     home = tmp_path_factory.mktemp("up-home")
     store = home / "store"
     env = {
-        **os.environ,
+        **up_env(home, store, tiny_model, ray.get_runtime_context().gcs_address),
         "PREFECT_API_URL": prefect_api,
-        "NIGHTSHIFT_HOME": str(home),
-        "NIGHTSHIFT_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
-        "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
-        "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
-        "NIGHTSHIFT_STORAGE_ROOT": str(store),
-        "NIGHTSHIFT_STORAGE_SHARD_SIZE": "5",
         # The store is local; s3:// inputs (job API) are read from the loopback S3 server.
         "NIGHTSHIFT_STORAGE_ENDPOINT_URL": s3_endpoint,
         # The seconds-scale SLA drills need at-risk to mean "ETA past the deadline", not 6 min past it.

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from uuid import UUID
 
 from batchfiles import read_jsonl, write_batch
 from pgdatabases import new_postgres_database
+from stacks import up_env
 
 
 def _flow_run_row(database_url: str, flow_run_id: UUID) -> dict:
@@ -47,16 +47,7 @@ def test_a_deployment_runs_to_completed_on_prefect_over_postgres(run_up, postgre
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     home, store = tmp_path / "home", tmp_path / "store"
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},  # `up` starts its own server
-        "NIGHTSHIFT_HOME": str(home),
-        "NIGHTSHIFT_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
-        "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
-        "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
-        "NIGHTSHIFT_STORAGE_ROOT": str(store),
-        "NIGHTSHIFT_STORAGE_SHARD_SIZE": "5",
-    }
+    env = up_env(home, store, tiny_model, ray.get_runtime_context().gcs_address)  # no PREFECT_API_URL: `up` starts a server
     src = tmp_path / "pg.jsonl"
     write_batch(src, 12, ["bad_body"])
 
