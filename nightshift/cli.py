@@ -273,15 +273,20 @@ def serve(
     """Run the OpenAI-compatible Files/Batches gateway (needs a Prefect API with the deployments)."""
     import uvicorn
 
-    from nightshift.api.app import create_app
+    from nightshift.api.app import GatewayConfigError, create_app
 
     settings = Settings()
     # One record per request from the app's access logger (uvicorn's own access log is off);
     # NIGHTSHIFT_LOG_FORMAT=json makes each a JSON object.
     configure_logging(settings.log)
+    try:
+        app = create_app(settings)
+    except GatewayConfigError as exc:
+        console.print(f"[red]not starting the gateway: {exc}[/red]")
+        raise typer.Exit(2) from None
     with _stack_api(settings):
         uvicorn.run(
-            create_app(settings),
+            app,
             host=host or settings.api.host,
             port=port or settings.api.port,
             log_level="info",
@@ -363,8 +368,11 @@ def keys_revoke_token(jti: Annotated[str, typer.Argument(help="The token's jti c
 
 @keys_app.command("webhook-secret")
 def keys_webhook_secret(org: Annotated[str, typer.Option(help="Organisation.")]) -> None:
-    """Print the org's webhook signing secret (receivers verify X-Nightshift-Signature with it)."""
+    """Print the org's webhook signing secret (``whsec_...``): receivers verify the Standard Webhooks
+    headers (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``) with it, e.g. with the
+    ``openai`` client's ``webhooks.unwrap``."""
     from nightshift.api import db
+    from nightshift.api.webhooks import signing_secret
 
     async def read(session: Any) -> str | None:
         found = await db.get_org_by_name(session, org)
@@ -374,7 +382,7 @@ def keys_webhook_secret(org: Annotated[str, typer.Option(help="Organisation.")])
     if secret is None:
         console.print(f"[red]no org {org!r}[/red]")
         raise typer.Exit(1)
-    print(secret)
+    print(signing_secret(secret))
 
 
 alerts_app = typer.Typer(help="SLA alerts received on this machine.", no_args_is_help=True)

@@ -234,6 +234,84 @@ class ApiConfig(BaseModel):
     price_input_per_million: float = Field(default=0.10, ge=0, description="USD per million prompt tokens (dedicated).")
     price_output_per_million: float = Field(default=0.40, ge=0, description="USD per million completion tokens (dedicated).")
     spot_discount: float = Field(default=0.6, ge=0, le=1, description="Share of the price taken off on spot capacity.")
+    track_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3_600,
+        description="Seconds between the tracker's passes over unfinished batches "
+        "(the fallback: runs report through Prefect events).",
+    )
+    sync_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="A batch polled again within this many seconds is answered from its last step (one store read per "
+        "batch per interval, whatever the number of clients).",
+    )
+    max_json_body_bytes: int = Field(
+        default=8 * 1024**2, ge=1_024, le=256 * 1024**2, description="Bytes a JSON request body may have (batches, jobs)."
+    )
+    part_max_age_seconds: float = Field(
+        default=3_600.0, ge=0, description="Age after which a half-written upload (.part) is swept as abandoned."
+    )
+    drill_orgs: list[str] = Field(
+        default_factory=list,
+        description="Org names whose batches may carry the fault-injection metadata (SLA drills); tenants cannot set it.",
+    )
+
+    def check_serving(self) -> None:
+        """Refuse settings that would make an unsafe gateway (raised at start, before any request).
+
+        Raises:
+            ValueError: the HS256 secret is set but empty or short (every HS256 call would fail,
+                or tokens could be forged by guessing).
+        """
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError(
+                "NIGHTSHIFT_API_JWT_SECRET is set but shorter than 32 characters: unset it (HS256 tokens refused) "
+                "or give a long random secret"
+            )
+
+    webhook_allow_http: bool = Field(
+        default=False, description="Let webhook URLs use http:// (https:// only otherwise); for internal receivers."
+    )
+    egress_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (exact), IP addresses or CIDRs the gateway may call although they are loopback, "
+        "private, link-local or reserved (internal webhook receivers, test servers).",
+    )
+    egress_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Connect/read/write timeout of outbound requests; a whole webhook POST."
+    )
+    egress_download_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="Deadline of a whole https input download."
+    )
+    egress_max_response_bytes: int = Field(
+        default=1024**2, ge=0, le=1024**3, description="Bytes of a webhook receiver's reply the gateway reads."
+    )
+    egress_ca_file: Path | None = Field(
+        default=None, description="PEM bundle the gateway trusts for outbound https (default: the public CAs of certifi)."
+    )
+    webhook_attempts: int = Field(default=5, ge=1, le=20, description="Tries of a webhook delivery (backoff between them).")
+    s3_input_prefixes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Org id (org_...) or org name → s3://bucket/prefix/ its jobs may read as input_file_url "
+        "(none: s3 inputs refused; the store's own area is never an input).",
+    )
+
+    @field_validator("s3_input_prefixes")
+    @classmethod
+    def _s3_prefixes_are_urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for org, prefixes in value.items():
+            for prefix in prefixes:
+                bucket, _, key = prefix.removeprefix("s3://").partition("/")
+                if not prefix.startswith("s3://") or not bucket or any(p in (".", "..") for p in key.split("/")):
+                    raise ValueError(f"s3_input_prefixes[{org!r}]: {prefix!r} is not an s3://bucket/prefix/ URL")
+        return value
+
+    def s3_prefixes_for(self, org_id: str, org_name: str | None = None) -> list[str]:
+        """The s3 prefixes an org may read, listed under its id or its name."""
+        return [*self.s3_input_prefixes.get(org_id, []), *(self.s3_input_prefixes.get(org_name, []) if org_name else [])]
 
     def requests_per_hour(self) -> dict[str, int]:
         """Tier name → API calls per key per hour."""

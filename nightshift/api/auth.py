@@ -37,8 +37,9 @@ class AuthError(NightshiftError):
 class RateLimited(NightshiftError):
     """The caller used up its requests for this hourly window."""
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int, budget: RateBudget | None = None) -> None:
         self.retry_after = retry_after
+        self.budget = budget
         super().__init__(message)
 
 
@@ -266,27 +267,52 @@ async def _increment(session: AsyncSession, key_id: str, window_start: datetime)
     return int(count)
 
 
-async def check_rate_limit(session: AsyncSession, principal: Principal, config: ApiConfig, now: datetime | None = None) -> int:
-    """Count one request against the principal's hourly limit; returns the requests left this window.
+@dataclass(frozen=True)
+class RateBudget:
+    """Where the caller's org stands in this hourly window (sent as OpenAI's ``x-ratelimit-*``)."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's rate-limit response headers for requests."""
+        minutes, seconds = divmod(self.reset_seconds, 60)
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(max(0, self.remaining)),
+            "x-ratelimit-reset-requests": f"{minutes}m{seconds}s" if minutes else f"{seconds}s",
+        }
+
+
+async def check_rate_limit(
+    session: AsyncSession, principal: Principal, config: ApiConfig, now: datetime | None = None
+) -> RateBudget:
+    """Count one request against the hourly limit of the principal's org and tier.
+
+    The budget belongs to the organization: every key and token of the org draws on one counter
+    (per tier, so a premium key is not starved by the org's free-tier tokens), so minting new
+    JWTs or keys does not buy more calls.
 
     Raises:
         RateLimited: over ``config.requests_per_hour()[principal.tier]``; ``retry_after`` is the
-            seconds until the window ends (at least 1).
+            seconds until the window ends (at least 1), ``budget`` the headers' values.
     """
     now = now or utcnow()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     limit = config.requests_per_hour()[principal.tier]
     window_start = _window_start(now)
-    key_id = principal.key_id or f"{principal.org_id}:{principal.subject}"
-    count = await _increment(session, key_id, window_start)
+    count = await _increment(session, f"org:{principal.org_id}:{principal.tier}", window_start)
+    reset = max(1, math.ceil((window_start + RATE_WINDOW - now).total_seconds()))
+    budget = RateBudget(limit=limit, remaining=limit - count, reset_seconds=reset)
     if count > limit:
-        retry_after = max(1, math.ceil((window_start + RATE_WINDOW - now).total_seconds()))
         raise RateLimited(
-            f"rate limit of {limit} requests per hour for tier {principal.tier!r} reached; retry in {retry_after} s",
-            retry_after=retry_after,
+            f"rate limit of {limit} requests per hour for tier {principal.tier!r} reached; retry in {reset} s",
+            retry_after=reset,
+            budget=budget,
         )
-    return limit - count
+    return budget
 
 
 async def prune_auth_tables(session: AsyncSession, now: datetime | None = None) -> int:

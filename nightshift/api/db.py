@@ -29,12 +29,14 @@ from sqlalchemy import (
     event,
     or_,
     select,
+    update,
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from nightshift.core.errors import NightshiftError
+from nightshift.core.lifecycle import STATUS_TIMESTAMPS, TERMINAL, UNFINISHED, BatchStatus
 from nightshift.core.sla import Tier
 
 if TYPE_CHECKING:
@@ -43,22 +45,12 @@ if TYPE_CHECKING:
 #: Folder of the Alembic environment (env.py, versions/); ships inside the package.
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
-BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"]
-BATCH_STATUSES: frozenset[str] = frozenset(
-    ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled")
-)
+BATCH_STATUSES: frozenset[str] = frozenset(BatchStatus)
 #: Statuses a restarted gateway must keep following: work may still be running for them.
-UNFINISHED_STATUSES: tuple[str, ...] = ("validating", "in_progress", "finalizing", "cancelling")
-#: Status → the timestamp column OpenAI sets when a batch enters it (validating has created_at).
-_STATUS_TIMESTAMPS = {
-    "in_progress": "in_progress_at",
-    "finalizing": "finalizing_at",
-    "completed": "completed_at",
-    "failed": "failed_at",
-    "expired": "expired_at",
-    "cancelling": "cancelling_at",
-    "cancelled": "cancelled_at",
-}
+UNFINISHED_STATUSES: tuple[str, ...] = tuple(UNFINISHED)
+
+#: ``webhook_status`` while one gateway delivers it (claimed by compare-and-set).
+WEBHOOK_SENDING = "sending"
 
 #: Seconds a SQLite connection waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -152,8 +144,14 @@ class Org(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     tier: Mapped[str] = mapped_column(String(32), default="free")
     # Random per org so webhook receivers can check an HMAC without sharing one global secret.
-    webhook_secret: Mapped[str] = mapped_column(String(128), default=lambda: secrets.token_urlsafe(32))
+    webhook_secret: Mapped[str] = mapped_column(String(128), default=lambda: _new_webhook_secret())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+def _new_webhook_secret() -> str:
+    from nightshift.api.webhooks import new_webhook_secret  # Standard Webhooks' whsec_ form
+
+    return new_webhook_secret()
 
 
 class ApiKey(Base):
@@ -387,7 +385,7 @@ async def create_org(session: AsyncSession, name: str, tier: str = "free") -> Or
     """Create an organization; raises ``Conflict`` if the name is taken."""
     if await get_org_by_name(session, name) is not None:
         raise Conflict(f"organization {name!r} already exists")
-    org = Org(id=new_id("org_"), name=name, tier=check_tier(tier), webhook_secret=secrets.token_urlsafe(32), created_at=utcnow())
+    org = Org(id=new_id("org_"), name=name, tier=check_tier(tier), webhook_secret=_new_webhook_secret(), created_at=utcnow())
     session.add(org)
     await session.flush()
     return org
@@ -452,8 +450,9 @@ async def list_files(
     after: str | None = None,
     limit: int = 10_000,
     order: Literal["asc", "desc"] = "desc",
-) -> list[File]:
-    """The org's live files by ``created_at`` (``order``), after the ``after`` cursor, at most ``limit``.
+) -> tuple[list[File], bool]:
+    """The org's live files by ``created_at`` (``order``), after the ``after`` cursor, at most
+    ``limit``, and whether more follow.
 
     Raises:
         NotFound: ``after`` is not one of the org's files.
@@ -466,8 +465,7 @@ async def list_files(
         if cursor is None:
             raise NotFound(f"no file {after!r} to list after")
         query = query.where(_beyond(File, cursor.created_at, cursor.id, order))
-    rows, _ = await _page(session, query, File, limit, order)
-    return rows
+    return await _page(session, query, File, limit, order)
 
 
 async def mark_file_deleted(session: AsyncSession, file: File | str, now: datetime | None = None) -> File:
@@ -485,6 +483,20 @@ async def mark_file_deleted(session: AsyncSession, file: File | str, now: dateti
         file.deleted_at = now or utcnow()
     await session.flush()
     return file
+
+
+#: ``File.status`` once a deleted file's bytes are gone from the store.
+FILE_PURGED = "deleted"
+
+
+async def files_to_purge(session: AsyncSession, file_id: str | None = None) -> list[File]:
+    """Deleted files whose bytes are still stored and that no unfinished batch reads any more
+    (a running batch keeps its input until it ends; then the next sweep removes it)."""
+    busy = select(Batch.input_file_id).where(Batch.status.in_(UNFINISHED_STATUSES))
+    query = select(File).where(File.deleted_at.is_not(None), File.status != FILE_PURGED, File.id.not_in(busy))
+    if file_id is not None:
+        query = query.where(File.id == file_id)
+    return list((await session.execute(query)).scalars())
 
 
 async def add_batch(
@@ -555,7 +567,7 @@ async def update_batch(session: AsyncSession, batch: Batch | str, **fields: Any)
         batch = found
     status = fields.get("status")
     if status is not None and status != batch.status:
-        stamp = _STATUS_TIMESTAMPS.get(status)
+        stamp = STATUS_TIMESTAMPS.get(status)  # type: ignore[call-overload]
         if stamp and stamp not in fields and getattr(batch, stamp) is None:
             fields[stamp] = utcnow()
     _assign(batch, fields)
@@ -569,12 +581,61 @@ async def unfinished_batches(session: AsyncSession) -> list[Batch]:
     return list((await session.execute(query)).scalars())
 
 
+async def compare_and_set(session: AsyncSession, batch_id: str, expected: str, status: str, **fields: Any) -> Batch | None:
+    """Move a batch from ``expected`` to ``status`` (setting ``fields`` and the status's OpenAI
+    timestamp) only if it is still in ``expected``: one ``UPDATE ... WHERE status = :expected``.
+    Returns the updated row, or None when another caller moved it first."""
+    stamp = STATUS_TIMESTAMPS.get(status)  # type: ignore[call-overload]
+    values = {("metadata_" if k == "metadata" else k): v for k, v in fields.items()}
+    if stamp and stamp not in values:
+        values[stamp] = utcnow()
+    _check_columns(values)
+    stmt = update(Batch).where(Batch.id == batch_id, Batch.status == expected).values(status=status, **values)
+    result = await session.execute(stmt.execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    row = await session.get(Batch, batch_id, populate_existing=True)
+    return row
+
+
+async def update_unfinished(session: AsyncSession, batch_id: str, **fields: Any) -> bool:
+    """Set progress fields (counts, version, run id, pool) of a batch that is not finished; a
+    finished batch keeps its final values. Returns whether the row changed."""
+    values = {("metadata_" if k == "metadata" else k): v for k, v in fields.items()}
+    if "status" in values:
+        raise TypeError("statuses change through compare_and_set only")
+    _check_columns(values)
+    stmt = update(Batch).where(Batch.id == batch_id, Batch.status.in_(UNFINISHED_STATUSES)).values(**values)
+    result = await session.execute(stmt.execution_options(synchronize_session=False))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def claim_webhook(session: AsyncSession, batch_id: str) -> bool:
+    """Take the right to send a finished batch's webhook: True for exactly one caller."""
+    stmt = (
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.webhook_url.is_not(None), Batch.webhook_status.is_(None))
+        .where(Batch.status.in_(tuple(TERMINAL)))
+        .values(webhook_status=WEBHOOK_SENDING)
+    )
+    result = await session.execute(stmt.execution_options(synchronize_session=False))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def release_webhooks(session: AsyncSession) -> int:
+    """At start-up: deliveries a stopped gateway left half-way are owed again (receivers drop
+    the repeat by its stable ``webhook-id``)."""
+    stmt = update(Batch).where(Batch.webhook_status == WEBHOOK_SENDING).values(webhook_status=None)
+    result = await session.execute(stmt.execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def undelivered_webhooks(session: AsyncSession) -> list[Batch]:
     """Finished batches whose webhook was never attempted (the gateway stopped between the status
     change and the delivery): the tracker sends these after a restart."""
     query = (
         select(Batch)
-        .where(Batch.status.in_(("completed", "failed", "expired", "cancelled")))
+        .where(Batch.status.in_(tuple(TERMINAL)))
         .where(Batch.webhook_url.is_not(None), Batch.webhook_status.is_(None))
         .order_by(Batch.created_at, Batch.id)
     )
@@ -604,16 +665,22 @@ async def ping(session: AsyncSession) -> None:
 _BATCH_COLUMNS = frozenset(c.key for c in Batch.__mapper__.column_attrs)
 
 
-def _assign(batch: Batch, fields: dict[str, Any]) -> None:
-    """Set known columns on ``batch``, refusing unknown names and statuses/tiers outside the protocol."""
-    for name, value in fields.items():
-        key = "metadata_" if name == "metadata" else name
+def _check_columns(values: dict[str, Any]) -> None:
+    """Refuse unknown column names and statuses/tiers outside the protocol."""
+    for key, value in values.items():
         if key not in _BATCH_COLUMNS or key == "id":
-            raise TypeError(f"Batch has no settable column {name!r}")
+            raise TypeError(f"Batch has no settable column {key!r}")
         if key == "status" and value not in BATCH_STATUSES:
             raise ValueError(f"unknown batch status {value!r}")
         if key == "tier":
-            value = check_tier(value)
+            values[key] = check_tier(value)
+
+
+def _assign(batch: Batch, fields: dict[str, Any]) -> None:
+    """Set known columns on ``batch`` (checked by ``_check_columns``)."""
+    values = {("metadata_" if k == "metadata" else k): v for k, v in fields.items()}
+    _check_columns(values)
+    for key, value in values.items():
         setattr(batch, key, value)
 
 

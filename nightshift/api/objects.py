@@ -3,11 +3,37 @@ official ``openai`` client parses them); nightshift's own fields go under ``nigh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from nightshift.api.db import Batch, File
+from nightshift.api.schemas import (
+    BatchErrors,
+    BatchObject,
+    BatchPlacement,
+    BatchUsage,
+    ErrorBody,
+    ErrorDetail,
+    FileObject,
+    JobCost,
+    JobCreated,
+    JobProgress,
+    JobResults,
+    JobSla,
+    JobStats,
+    JobStatus,
+    JobThroughput,
+    ListPage,
+    RequestCounts,
+)
 from nightshift.core.artifacts import Manifest
 from nightshift.core.jobs import Prices, job_cost, mean_request_latency
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def unix(ts: datetime | None) -> int | None:
@@ -15,71 +41,69 @@ def unix(ts: datetime | None) -> int | None:
     return None if ts is None else int(ts.timestamp())
 
 
-def file_object(f: Any) -> dict[str, Any]:
+def file_object(f: File) -> FileObject:
     """A ``file`` object."""
-    return {
-        "id": f.id,
-        "object": "file",
-        "bytes": f.bytes,
-        "created_at": unix(f.created_at),
-        "filename": f.filename,
-        "purpose": f.purpose,
-        "status": f.status,
-    }
+    return FileObject(
+        id=f.id, bytes=f.bytes, created_at=unix(f.created_at) or 0, filename=f.filename, purpose=f.purpose, status=f.status
+    )
 
 
-def batch_object(b: Any, live: dict[str, Any] | None = None) -> dict[str, Any]:
+def batch_object(b: Batch, live: dict[str, Any] | None = None) -> BatchObject:
     """A ``batch`` object; ``live`` adds the SLA watch's view (ETA, risk) while it runs."""
-    counts = b.request_counts or {"total": 0, "completed": 0, "failed": 0}
     usage = None
     if b.usage:
-        usage = {
-            "input_tokens": b.usage.get("prompt_tokens", 0),
-            "output_tokens": b.usage.get("completion_tokens", 0),
-            "total_tokens": b.usage.get("total_tokens", 0),
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        }
-    obj: dict[str, Any] = {
-        "id": b.id,
-        "object": "batch",
-        "endpoint": b.endpoint,
-        "errors": {"object": "list", "data": b.errors} if b.errors else None,
-        "input_file_id": b.input_file_id,
-        "completion_window": b.completion_window,
-        "status": b.status,
-        "output_file_id": b.output_file_id,
-        "error_file_id": b.error_file_id,
-        "created_at": unix(b.created_at),
-        "in_progress_at": unix(b.in_progress_at),
-        "expires_at": unix(b.expires_at),
-        "finalizing_at": unix(b.finalizing_at),
-        "completed_at": unix(b.completed_at),
-        "failed_at": unix(b.failed_at),
-        "expired_at": unix(b.expired_at),
-        "cancelling_at": unix(b.cancelling_at),
-        "cancelled_at": unix(b.cancelled_at),
-        "request_counts": {k: counts.get(k, 0) for k in ("total", "completed", "failed")},
-        "metadata": b.metadata_ or None,
-        "usage": usage,
-        "nightshift": {
-            "tier": b.tier,
-            "pool": b.pool,
-            "deadline": unix(b.deadline),
-            "version": b.version,
-            "flow_run_id": b.flow_run_id,
-            "placement": b.placement,
-            "eta_seconds": (live or {}).get("eta_seconds"),
-            "slack_seconds": (live or {}).get("slack_seconds"),
-            "risk": (live or {}).get("risk"),
-        },
-    }
-    return obj
+        usage = BatchUsage(
+            input_tokens=b.usage.get("prompt_tokens", 0),
+            output_tokens=b.usage.get("completion_tokens", 0),
+            total_tokens=b.usage.get("total_tokens", 0),
+        )
+    live = live or {}
+    return BatchObject(
+        id=b.id,
+        endpoint=b.endpoint,
+        errors=BatchErrors(data=b.errors) if b.errors else None,
+        input_file_id=b.input_file_id,
+        completion_window=b.completion_window,
+        status=b.status,
+        output_file_id=b.output_file_id,
+        error_file_id=b.error_file_id,
+        created_at=unix(b.created_at) or 0,
+        in_progress_at=unix(b.in_progress_at),
+        expires_at=unix(b.expires_at),
+        finalizing_at=unix(b.finalizing_at),
+        completed_at=unix(b.completed_at),
+        failed_at=unix(b.failed_at),
+        expired_at=unix(b.expired_at),
+        cancelling_at=unix(b.cancelling_at),
+        cancelled_at=unix(b.cancelled_at),
+        request_counts=RequestCounts.model_validate(b.request_counts or {}),
+        metadata=b.metadata_ or None,
+        usage=usage,
+        nightshift=BatchPlacement(
+            tier=b.tier,
+            pool=b.pool,
+            deadline=unix(b.deadline),
+            version=b.version,
+            flow_run_id=b.flow_run_id,
+            placement=b.placement,
+            eta_seconds=live.get("eta_seconds"),
+            slack_seconds=live.get("slack_seconds"),
+            risk=live.get("risk"),
+        ),
+    )
+
+
+def page(items: list[T], has_more: bool, render: Callable[[T], M]) -> ListPage[M]:
+    """An OpenAI list page of ``items`` rendered one by one."""
+    data = [render(i) for i in items]
+    first = getattr(data[0], "id", None) if data else None
+    last = getattr(data[-1], "id", None) if data else None
+    return ListPage[M](data=data, first_id=first, last_id=last, has_more=has_more)
 
 
 def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> dict:
     """OpenAI's error envelope (the client raises its typed errors from it)."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return ErrorBody(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()
 
 
 # -- the native job API: the same rows, in the job's shape -----------------------------------
@@ -88,93 +112,90 @@ def iso(ts: datetime | None) -> str | None:
     return None if ts is None else ts.isoformat()
 
 
-def job_created(b: Any) -> dict[str, Any]:
+def job_created(b: Batch) -> JobCreated:
     """``POST /v1/jobs`` response."""
     placement = b.placement or {}
     eta = placement.get("estimated_seconds")
-    return {
-        "job_id": b.id,
-        "object": "job",
-        "status": b.status,
-        "created_at": iso(b.created_at),
-        "deadline_at": iso(b.deadline),
-        "estimated_completion": iso(b.created_at + timedelta(seconds=eta)) if eta is not None else None,
-        "priority": (b.metadata_ or {}).get("priority", "normal"),
-        "pool": b.pool,
-        "errors": b.errors,
-    }
+    return JobCreated(
+        job_id=b.id,
+        status=b.status,
+        created_at=iso(b.created_at) or "",
+        deadline_at=iso(b.deadline),
+        estimated_completion=iso(b.created_at + timedelta(seconds=eta)) if eta is not None else None,
+        priority=(b.metadata_ or {}).get("priority", "normal"),
+        pool=b.pool,
+        errors=b.errors,
+    )
 
 
-def _throughput(b: Any, live: dict[str, Any] | None) -> dict[str, float | None]:
+def _throughput(b: Batch, live: dict[str, Any] | None) -> JobThroughput:
     """Rates while running (the SLA watch's window); over the whole run once finished."""
     if live is not None:
-        return {
-            "req_per_sec": live.get("requests_per_second"),
-            "tokens_per_sec": live.get("tokens_per_second"),
-            "estimated_remaining": live.get("eta_seconds"),
-        }
+        return JobThroughput(
+            req_per_sec=live.get("requests_per_second"),
+            tokens_per_sec=live.get("tokens_per_second"),
+            estimated_remaining=live.get("eta_seconds"),
+        )
     counts, usage = b.request_counts or {}, b.usage or {}
     if b.completed_at is not None and b.in_progress_at is not None:
         seconds = max((b.completed_at - b.in_progress_at).total_seconds(), 1e-9)
-        return {
-            "req_per_sec": round(counts.get("total", 0) / seconds, 3),
-            "tokens_per_sec": round(usage.get("total_tokens", 0) / seconds, 3),
-            "estimated_remaining": 0.0,
-        }
-    return {"req_per_sec": None, "tokens_per_sec": None, "estimated_remaining": None}
+        return JobThroughput(
+            req_per_sec=round(counts.get("total", 0) / seconds, 3),
+            tokens_per_sec=round(usage.get("total_tokens", 0) / seconds, 3),
+            estimated_remaining=0.0,
+        )
+    return JobThroughput()
 
 
-def job_status(b: Any, live: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_status(b: Batch, live: dict[str, Any] | None = None) -> JobStatus:
     """``GET /v1/jobs/{id}``: status, progress, throughput, SLA, pool and version."""
     counts = b.request_counts or {}
     total, completed, failed = counts.get("total", 0), counts.get("completed", 0), counts.get("failed", 0)
     percent = (live or {}).get("percent")
     if percent is None:
         percent = 100.0 if b.status == "completed" else (100.0 * (completed + failed) / total if total else 0.0)
-    return {
-        "job_id": b.id,
-        "object": "job",
-        "status": b.status,
-        "created_at": iso(b.created_at),
-        "progress": {"completed": completed, "failed": failed, "total": total, "percent": round(percent, 2)},
-        "throughput": _throughput(b, live),
-        "sla": {"tier": b.tier, "deadline_at": iso(b.deadline), "risk": (live or {}).get("risk")},
-        "pool": b.pool,
-        "version": b.version,
-        "priority": (b.metadata_ or {}).get("priority", "normal"),
-        "metadata": b.metadata_ or None,
-        "errors": b.errors,
-    }
+    return JobStatus(
+        job_id=b.id,
+        status=b.status,
+        created_at=iso(b.created_at) or "",
+        progress=JobProgress(completed=completed, failed=failed, total=total, percent=round(percent, 2)),
+        throughput=_throughput(b, live),
+        sla=JobSla(tier=b.tier, deadline_at=iso(b.deadline), risk=(live or {}).get("risk")),
+        pool=b.pool,
+        version=b.version,
+        priority=(b.metadata_ or {}).get("priority", "normal"),
+        metadata=b.metadata_ or None,
+        errors=b.errors,
+    )
 
 
 def job_results_body(
-    b: Any,
+    b: Batch,
     *,
     results_url: str | None,
     errors_url: str | None,
     retention_days: float,
     manifest: Manifest | None,
     prices: Prices,
-) -> dict[str, Any]:
+) -> JobResults:
     """``GET /v1/jobs/{id}/results``: where the files are, until when, and what the job did."""
     counts = b.request_counts or {}
     finished = b.completed_at or b.cancelled_at or b.expired_at
     placement = b.placement or {}
     shards = [s.model_dump() for s in manifest.shards] if manifest is not None else []
     latency = mean_request_latency(shards)
-    return {
-        "job_id": b.id,
-        "object": "job.results",
-        "status": b.status,
-        "results_url": results_url,
-        "errors_url": errors_url,
-        "expires_at": iso(finished + timedelta(days=retention_days)) if finished else None,
-        "stats": {
-            "total": counts.get("total", 0),
-            "successful": counts.get("completed", 0),
-            "failed": counts.get("failed", 0),
-            "avg_latency_s": None if latency is None else round(latency, 4),
-            "usage": b.usage,
-            "cost": {"usd": job_cost(b.usage, pool_kind=placement.get("kind"), prices=prices), "capacity": placement.get("kind")},
-        },
-    }
+    return JobResults(
+        job_id=b.id,
+        status=b.status,
+        results_url=results_url,
+        errors_url=errors_url,
+        expires_at=iso(finished + timedelta(days=retention_days)) if finished else None,
+        stats=JobStats(
+            total=counts.get("total", 0),
+            successful=counts.get("completed", 0),
+            failed=counts.get("failed", 0),
+            avg_latency_s=None if latency is None else round(latency, 4),
+            usage=b.usage,
+            cost=JobCost(usd=job_cost(b.usage, pool_kind=placement.get("kind"), prices=prices), capacity=placement.get("kind")),
+        ),
+    )

@@ -143,3 +143,31 @@ class TierExceededError(NightshiftError):
     def __init__(self, requested: str, allowed: str) -> None:
         self.requested, self.allowed = requested, allowed
         super().__init__(f"sla_tier {requested!r} is above this key's tier {allowed!r}")
+
+
+class EgressRefused(JobRequestError):
+    """An outbound URL (webhook, https input) the gateway will not call: a scheme, credentials, or a
+    host resolving to a loopback, private, link-local, multicast or reserved address.
+
+    A ``JobRequestError``, so at create time it is a 400 naming ``param``; ``rule`` is a short
+    machine-readable reason (``scheme``, ``credentials``, ``address``...). The message never holds
+    the resolved address, server paths or library text.
+    """
+
+    def __init__(self, message: str, *, param: str, rule: str, value: Any = None) -> None:
+        self.param, self.rule = param, rule
+        super().__init__(message, field=param, value=value)
+
+
+class EgressFailed(JobRequestError):
+    """An allowed outbound request did not succeed: no connection, a timeout, an unwanted status
+    (redirects are never followed), or a body over the size cap.
+
+    ``outcome`` is short text safe to show a tenant (no library internals); ``retryable`` says
+    whether trying again later may help (connection trouble, timeouts, 429 and 5xx), so an edge
+    can answer 503 instead of 400.
+    """
+
+    def __init__(self, outcome: str, *, param: str, retryable: bool, status_code: int | None = None) -> None:
+        self.param, self.outcome, self.retryable, self.status_code = param, outcome, retryable, status_code
+        super().__init__(outcome, field=param)

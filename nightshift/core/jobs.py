@@ -8,10 +8,14 @@ job's shape and the batch's, so both APIs show the same object with the same cou
 from __future__ import annotations
 
 import enum
+import errno
 import json
+import os
+import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, model_validator
@@ -70,8 +74,6 @@ class JobCreate(BaseModel):
     def _one_source(self) -> JobCreate:
         if (self.input_file_url is None) == (self.input is None):
             raise ValueError("give exactly one of 'input_file_url' or 'input'")
-        if self.metadata is not None and len(self.metadata) > 16:
-            raise ValueError("metadata: at most 16 pairs")
         return self
 
     def priority(self) -> Priority:
@@ -111,31 +113,96 @@ class InputSource(BaseModel):
         return self.kind == "https"
 
 
-def check_input_url(url: str, *, allowed_file_roots: Sequence[Path], allowed_https_hosts: Sequence[str]) -> InputSource:
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_MAX_URL = 2048
+
+
+def _s3_parts(url: str, *, field: str) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://`` or ``s3a://`` URL whose key is a plain object name.
+
+    Refused: query or fragment (s3fs reads ``?versionId=``), ``%`` (encoded tricks), backslashes,
+    control characters, and empty, ``.`` or ``..`` segments, which some clients collapse and others
+    send as-is, so the key checked would not be the key read.
+    """
+    scheme, sep, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not sep or scheme.lower() not in ("s3", "s3a") or not _S3_BUCKET.fullmatch(bucket) or not key:
+        raise JobRequestError("expected s3://bucket/key with a valid bucket name", field=field, value=url)
+    if re.search(r"[\x00-\x1f\x7f%\\?#]", key):
+        raise JobRequestError("the key must not contain %, ?, #, backslashes or control characters", field=field, value=url)
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        raise JobRequestError("the key must not contain empty, '.' or '..' segments", field=field, value=url)
+    return bucket, key
+
+
+def _under_s3_prefix(bucket: str, key: str, prefix: str) -> bool:
+    """True when ``bucket/key`` lies under ``s3://bucket/prefix`` (a prefix is a folder: ``in`` is ``in/``)."""
+    p_bucket, _, p_key = prefix.removeprefix("s3://").removeprefix("s3a://").partition("/")
+    p_key = p_key.strip("/")
+    return bucket == p_bucket and (not p_key or key.startswith(p_key + "/"))
+
+
+def check_input_url(
+    url: str,
+    *,
+    allowed_file_roots: Sequence[Path],
+    allowed_https_hosts: Sequence[str],
+    s3_prefixes: Sequence[str] = (),
+    store_root: str | None = None,
+) -> InputSource:
     """Decide, from the URL alone and before anything is fetched, whether the gateway may use it.
 
+    - ``s3://``: only under one of ``s3_prefixes`` (the calling org's, from
+      ``ApiConfig.s3_prefixes_for``), never inside ``store_root`` (the store's own area, which holds
+      every org's uploads and results), and only plain keys (see ``_s3_parts``). Pure: no I/O, so a
+      refused URL is never probed.
+    - ``file://``: under an allowed root once ``..`` and links are resolved; read it later with
+      ``open_input_file``, which refuses links swapped in after this check.
+    - ``https://``: a host on ``allowed_https_hosts``; the download goes through
+      ``nightshift.api.egress`` (address rules, no redirects, size cap).
+
     Raises:
-        JobRequestError: any other scheme (http, ftp, …), an https host not on the allow-list, a
-            file path outside every allowed root (``..`` and symlinks resolved first), a URL with
-            credentials or a malformed one.
+        JobRequestError: any other scheme, a URL with credentials, a malformed one, or one outside
+            the rules above. Messages name the field and the rule, never a server path.
     """
     field = "input_file_url"
+    if len(url) > _MAX_URL:
+        raise JobRequestError(f"is longer than {_MAX_URL} characters", field=field)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise JobRequestError("credentials in the URL are not accepted", field=field, value=url)
     if scheme in ("s3", "s3a"):
-        if not parts.netloc or not parts.path.strip("/"):
-            raise JobRequestError("expected s3://bucket/key", field=field, value=url)
-        return InputSource(url=f"s3://{parts.netloc}{parts.path}", kind="s3")
+        bucket, key = _s3_parts(url, field=field)
+        if store_root and store_root.startswith(("s3://", "s3a://")) and _under_s3_prefix(bucket, key, store_root):
+            raise JobRequestError(
+                "points into the gateway's own store, which is never an input (pass the file's id instead)",
+                field=field,
+                value=url,
+            )
+        if not any(_under_s3_prefix(bucket, key, prefix) for prefix in s3_prefixes):
+            raise JobRequestError(
+                "this bucket or prefix is not open to your organization (an operator allows s3 prefixes per organization)",
+                field=field,
+                value=url,
+            )
+        return InputSource(url=f"s3://{bucket}/{key}", kind="s3")
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise JobRequestError("file URLs must name a local path (file:///...)", field=field, value=url)
-        path = Path(unquote(parts.path)).resolve()
-        roots = [r.resolve() for r in allowed_file_roots]
-        if not any(path.is_relative_to(r) for r in roots):
-            where = ", ".join(str(r) for r in roots) or "none are configured"
-            raise JobRequestError(f"{path} is outside the allowed roots ({where})", field=field, value=url)
+        if not allowed_file_roots:
+            raise JobRequestError("file:// inputs are not enabled on this gateway", field=field, value=url)
+        raw = unquote(parts.path)
+        if re.search(r"[\x00-\x1f\x7f]", raw):
+            raise JobRequestError("the path has control characters", field=field, value=url)
+        if not raw.startswith("/"):
+            raise JobRequestError("file URLs must name an absolute path (file:///...)", field=field, value=url)
+        try:
+            path = Path(raw).resolve()
+        except (OSError, RuntimeError):  # a link loop
+            raise JobRequestError("is outside the allowed folders", field=field, value=url) from None
+        if not any(path.is_relative_to(r.resolve()) for r in allowed_file_roots):
+            raise JobRequestError("is outside the allowed folders", field=field, value=url)
         return InputSource(url=str(path), kind="file")
     if scheme == "https":
         host = (parts.hostname or "").lower()
@@ -148,6 +215,63 @@ def check_input_url(url: str, *, allowed_file_roots: Sequence[Path], allowed_htt
         field=field,
         value=url,
     )
+
+
+def open_input_file(path: str | Path, *, allowed_file_roots: Sequence[Path], field: str = "input_file_url") -> BinaryIO:
+    """Open a local input for reading, at READ time, without following a link in any component.
+
+    The path is walked from the allowed root it lies in, one ``openat`` per component with
+    ``O_NOFOLLOW``, so a folder or file swapped for a symlink after ``check_input_url`` is refused
+    on every read, and a FIFO cannot block the reader (opened non-blocking, then refused as not a
+    regular file). Only the root itself may be reached through links (the operator configured it).
+    Hard links are not links here: they need write access to the root, which tenants lack.
+
+    Raises:
+        JobRequestError: outside every allowed folder, a link on the way, missing, not a regular
+            file, or unreadable. Messages never echo the path or the roots.
+    """
+    target = Path(path)
+    if not target.is_absolute() or any(part in (".", "..") for part in target.parts):
+        raise JobRequestError("is outside the allowed folders", field=field)
+    for root in allowed_file_roots:
+        root = root.resolve()
+        if target.is_relative_to(root):
+            break
+    else:
+        raise JobRequestError("is outside the allowed folders", field=field)
+    names = target.relative_to(root).parts
+    if not names:
+        raise JobRequestError("is not a regular file", field=field)
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = None
+    try:
+        fd = os.open(root, dir_flags)
+        for name in names[:-1]:
+            next_fd = os.open(name, dir_flags | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(names[-1], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        raise JobRequestError(_open_refusal(exc.errno), field=field) from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise JobRequestError("is not a regular file", field=field)
+    os.set_blocking(file_fd, True)
+    return os.fdopen(file_fd, "rb")
+
+
+def _open_refusal(code: int | None) -> str:
+    """Why an input file could not be opened, without the path."""
+    if code in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return "is outside the allowed folders (links are not followed)"
+    if code == errno.ENOENT:
+        return "no such file"
+    if code in (errno.EACCES, errno.EPERM):
+        return "cannot be read (permission denied)"
+    return "cannot be read"
 
 
 def render_inline(job: JobCreate, *, model: str, max_items: int) -> bytes:

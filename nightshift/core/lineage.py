@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from nightshift.core.jsonl import BOM
+
 
 class Lineage(BaseModel):
     """The version a batch version was derived from, and how."""
@@ -34,5 +36,6 @@ def failed_lines(error_file: bytes) -> list[int]:
 def select_lines(data: bytes, numbers: Iterable[int]) -> bytes:
     """The given 1-based physical lines of ``data``, in file order, as a new JSONL file."""
     wanted = set(numbers)
-    kept = [text for n, text in enumerate(data.decode("utf-8-sig").splitlines(), start=1) if n in wanted]
-    return "".join(text + "\n" for text in kept).encode()
+    # Bytes as they were (core.jsonl's rule: lines end at \n only; a CRLF's \r is dropped).
+    raw_lines = data.removeprefix(BOM).split(b"\n")
+    return b"".join(raw.removesuffix(b"\r") + b"\n" for n, raw in enumerate(raw_lines, start=1) if n in wanted)

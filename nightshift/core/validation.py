@@ -19,6 +19,7 @@ import pandera.pandas as pa
 from pydantic import ValidationError
 
 from nightshift.core.errors import BatchFileError, InputSchemaError
+from nightshift.core.jsonl import UndecodableLine, split_lines
 from nightshift.core.protocol import BatchRequestInput, ChatCompletionRequest, Endpoint, ValidRequest
 
 #: Counts the prompt tokens of a request body for an endpoint (an engine adapter provides it).
@@ -84,11 +85,8 @@ def read_lines(data: bytes, *, uri: str, max_lines: int, max_bytes: int) -> list
     """
     if len(data) > max_bytes:
         raise BatchFileError.too_large(uri, len(data), max_bytes)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BatchFileError(f"not UTF-8 text (byte {exc.start})", uri=uri) from exc
-    lines = [(n, s) for n, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    # The gateway counts uploads by the same rule (core.jsonl): a bad line is one error line.
+    lines = list(split_lines(data))
     if not lines:
         raise BatchFileError.empty(uri)
     if len(lines) > max_lines:
@@ -100,6 +98,9 @@ def _parse_json(lines: Iterable[tuple[int, str]]) -> tuple[list[dict[str, Any]],
     parsed: list[dict[str, Any]] = []
     errors: list[InputSchemaError] = []
     for number, text in lines:
+        if isinstance(text, UndecodableLine):
+            errors.append(InputSchemaError(text.reason, line=number, code="invalid_encoding"))
+            continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -19,6 +19,7 @@ from nightshift.core.artifacts import (
     unanswered_rows,
 )
 from nightshift.core.hashing import sha256_bytes
+from nightshift.core.jsonl import split_lines
 from nightshift.core.protocol import BatchError, Usage
 from nightshift.core.sharding import decode_shard
 from nightshift.storage.store import ArtifactStore
@@ -54,15 +55,12 @@ def publish_partial(store: ArtifactStore, batch_id: str, input_uri: str, *, code
     else:
         root, version = f"{store.root}/batches/{batch_id}/unvalidated", "unvalidated"
         rows = []
-        for number, text in enumerate(store.read_bytes(input_uri).decode("utf-8", "replace").splitlines(), start=1):
-            if text.strip():
-                try:
-                    custom_id = json.loads(text).get("custom_id")
-                except (ValueError, AttributeError):
-                    custom_id = None
-                rows.append(
-                    ResultRow(line=number, custom_id=custom_id, error=BatchError(code=code, message=message, line=number))
-                )
+        for number, text in split_lines(store.read_bytes(input_uri)):
+            try:
+                custom_id = json.loads(text).get("custom_id")
+            except (ValueError, AttributeError):
+                custom_id = None
+            rows.append(ResultRow(line=number, custom_id=custom_id, error=BatchError(code=code, message=message, line=number)))
     rows.sort(key=lambda r: r.line)
     lines = [to_output_line(r, version=version) for r in rows]
     ok, failed = [x for x in lines if x.ok], [x for x in lines if not x.ok]

@@ -116,6 +116,23 @@ class ArtifactStore:
         """Paths of one batch version."""
         return BatchPaths(f"{self.root}/batches/{batch_id}/{version}")
 
+    def upload(self, org_id: str, file_id: str) -> str:
+        """Where the gateway keeps a file an org uploaded (``files/<org>/<file id>.jsonl``)."""
+        return f"{self.root}/files/{org_id}/{file_id}.jsonl"
+
+    def upload_parts(self) -> list[str]:
+        """Half-written uploads (``.part``) of every org: what a stopped gateway left behind."""
+        return [str(p) for p in self.fs.glob(f"{self.root}/files/*/*.part")]
+
+    def holds(self, uri: str) -> bool:
+        """True when ``uri`` names something inside this store (uploads, batch artifacts)."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+        if scheme not in protocols and not (scheme == "s3a" and "s3" in protocols):
+            return False
+        path = self.fs._strip_protocol(uri.replace("s3a://", "s3://", 1))
+        return path == self.root or path.startswith(self.root + "/")
+
     def uri(self, path: str) -> str:
         """A full URL for ``path`` that a user or another process can open."""
         return self.fs.unstrip_protocol(path)

@@ -331,12 +331,12 @@ def test_other_orgs_objects_are_invisible(database_url):
             assert await get_file(s, b, file_id) is None
             assert await get_batch(s, b, batch.id) is None
             assert (await get_batch(s, a, batch.id)).created_at.tzinfo is not None
-            assert await list_files(s, b) == [] and (await list_batches(s, b)) == ([], False)
+            assert await list_files(s, b) == ([], False) and (await list_batches(s, b)) == ([], False)
             await mark_file_deleted(s, file_id)
         async with db.session() as s:
             assert await get_file(s, a, file_id) is None
             assert (await get_file(s, a, file_id, include_deleted=True)).deleted_at is not None
-            assert await list_files(s, a) == []
+            assert await list_files(s, a) == ([], False)
             entry = (await s.execute(select(AuditLog))).scalar_one()
             assert (entry.action, entry.object_id, entry.detail) == ("batch.create", batch.id, {"input_file_id": file_id})
 
@@ -350,9 +350,10 @@ def test_list_files_filters_by_purpose_and_pages(database_url):
             ids = [await _file(s, org, f"f{i}.jsonl") for i in range(3)]
             await add_file(s, org_id=org, filename="out", purpose="batch_output", bytes=1, lines=1, uri="mem://o")
         async with db.session() as s:
-            assert [f.id for f in await list_files(s, org, purpose="batch")] == ids[::-1]
-            assert [f.id for f in await list_files(s, org, purpose="batch", order="asc", after=ids[0])] == ids[1:]
-            assert len(await list_files(s, org, limit=2)) == 2
+            assert [f.id for f in (await list_files(s, org, purpose="batch"))[0]] == ids[::-1]
+            assert [f.id for f in (await list_files(s, org, purpose="batch", order="asc", after=ids[0]))[0]] == ids[1:]
+            rows, more = await list_files(s, org, limit=2)
+            assert len(rows) == 2 and more
 
     run(database_url, body)
 
@@ -467,7 +468,7 @@ def test_rate_limit_refuses_over_limit_until_the_next_window(database_url):
         left = []
         for _ in range(3):
             async with db.session() as s:
-                left.append(await check_rate_limit(s, who, config, now=now))
+                left.append((await check_rate_limit(s, who, config, now=now)).remaining)
         assert left == [2, 1, 0]
         with pytest.raises(RateLimited) as info:
             async with db.session() as s:
@@ -478,9 +479,12 @@ def test_rate_limit_refuses_over_limit_until_the_next_window(database_url):
                 await check_rate_limit(s, who, config, now=now.replace(minute=0, second=0))
         assert info.value.retry_after == 3600
         async with db.session() as s:
-            assert await check_rate_limit(s, who, config, now=now + timedelta(hours=1)) == 2
-            # Another key has its own budget.
-            assert await check_rate_limit(s, Principal("org_x", "x", "key_y", "free", "ci"), config, now=now) == 2
+            assert (await check_rate_limit(s, who, config, now=now + timedelta(hours=1))).remaining == 2
+            # The budget is the org's: its other keys and tokens draw on it; another org has its own.
+            assert (
+                await check_rate_limit(s, Principal("org_x", "x", "jwt:t2", "free", "ci"), config, now=now + timedelta(hours=1))
+            ).remaining == 1
+            assert (await check_rate_limit(s, Principal("org_y", "y", "key_z", "free", "ci"), config, now=now)).remaining == 2
 
     run(database_url, body)
 

@@ -23,13 +23,19 @@ PROMPTS = ["Tell me about the sea.", "Name a red fox.", "Winter light is", "Old 
 
 
 @pytest.fixture(scope="module")
-def gateway(stack, tmp_path_factory):
+def gateway(stack, tmp_path_factory, s3_endpoint):
+    import s3fs
+
     home = tmp_path_factory.mktemp("jobs-gateway")
     allowed = home / "allowed"
     allowed.mkdir()
+    # acme's own bucket, opened to it by the operator (s3 inputs are refused unless allowed per org)
+    bucket = f"s3://acme-in-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True).mkdir(bucket.removeprefix("s3://"))
     env = {
         **stack["env"],
         "NIGHTSHIFT_API_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'gateway.db'}",
+        "NIGHTSHIFT_API_S3_INPUT_PREFIXES": json.dumps({"acme-jobs": [f"{bucket}/in/"]}),
         "NIGHTSHIFT_API_ALLOWED_FILE_ROOTS": json.dumps([str(allowed)]),
         "NIGHTSHIFT_API_ALLOWED_HTTPS_HOSTS": json.dumps(["data.example.test"]),
         "NIGHTSHIFT_API_MAX_INLINE_ITEMS": "10",
@@ -40,7 +46,7 @@ def gateway(stack, tmp_path_factory):
     }
     port = free_port()
     proc = start_gateway(env, port, home / "gateway.log")
-    yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "allowed": allowed, "env": env}
+    yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "allowed": allowed, "env": env, "bucket": bucket}
     stop_process_group(proc)
 
 
@@ -60,7 +66,7 @@ def _lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_s3_job_completes_and_its_results_download_over_http(gateway, s3_bucket, tmp_path):
+def test_s3_job_completes_and_its_results_download_over_http(gateway, tmp_path):
     import s3fs
 
     src = tmp_path / "candidates.jsonl"
@@ -71,6 +77,7 @@ def test_s3_job_completes_and_its_results_download_over_http(gateway, s3_bucket,
             line["body"]["messages"][0]["content"] += f" ({nonce})"
             f.write(json.dumps(line) + "\n")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": gateway["env"]["NIGHTSHIFT_STORAGE_ENDPOINT_URL"]})
+    s3_bucket = gateway["bucket"]
     fs.put(str(src), f"{s3_bucket}/in/candidates.jsonl")
 
     with _http(gateway) as client:

@@ -1,0 +1,102 @@
+"""Dependencies of the gateway's routes, as types: ``Gw`` (the app's collaborators), ``Caller``
+(the authenticated, rate-counted principal) and ``json_body(Model)`` (a body parsed only after
+the caller is known, so an anonymous client never makes the gateway read its body)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel, ValidationError
+
+from nightshift.api.auth import Principal, authenticate, check_rate_limit
+from nightshift.api.db import Batch, Database, File, get_batch, get_file
+from nightshift.api.errors import ApiError
+from nightshift.api.lifecycle import BatchLifecycle
+from nightshift.settings import Settings
+from nightshift.storage import ArtifactStore
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Streams an allow-listed https URL's body (the egress policy applied): url → chunks.
+Downloader = Callable[[str], Any]
+
+
+@dataclass
+class Gateway:
+    """What the routes work with; built once by ``create_app`` (collaborators passed in there)."""
+
+    settings: Settings
+    database: Database
+    store: ArtifactStore
+    lifecycle: BatchLifecycle
+    download: Downloader
+    windows: dict[str, float]
+
+    async def file(self, who: Principal, file_id: str) -> File:
+        """The caller's org's live file, or OpenAI's 404."""
+        async with self.database.session() as session:
+            row = await get_file(session, who.org_id, file_id)
+        if row is None:
+            raise ApiError.not_found("File", file_id, "file_id")
+        return row
+
+    async def batch(self, who: Principal, batch_id: str) -> Batch:
+        """The caller's org's batch, or OpenAI's 404."""
+        async with self.database.session() as session:
+            row = await get_batch(session, who.org_id, batch_id)
+        if row is None:
+            raise ApiError.not_found("Batch", batch_id, "batch_id")
+        return row
+
+    async def current(self, who: Principal, batch_id: str) -> tuple[Batch, dict[str, Any] | None]:
+        """The batch after a tracker step taken now, and its live progress."""
+        live = await self.lifecycle.sync(await self.batch(who, batch_id))
+        return await self.batch(who, batch_id), live
+
+    async def audit(self, who: Principal, action: str, object_id: str, **detail: Any) -> None:
+        """Append who did what to the audit log."""
+        from nightshift.api.db import audit
+
+        async with self.database.session() as session:
+            await audit(session, who.org_id, who.key_id, action, object_id, detail)
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+Gw = Annotated[Gateway, Depends(_gateway)]
+
+
+async def _principal(request: Request, gw: Gw, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, authenticated and counted against its org's hourly limit (its own session, so
+    the call counts even if the handler fails later); the budget goes out as headers."""
+    async with gw.database.session() as session:
+        who = await authenticate(session, authorization, gw.settings.api)
+        request.state.rate_budget = await check_rate_limit(session, who, gw.settings.api)
+    return who
+
+
+#: Route parameter type of an authenticated call.
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def json_body(model: type[M]) -> Callable[..., Awaitable[M]]:
+    """A dependency that reads and validates a JSON body of ``model`` after ``Caller`` (FastAPI
+    reads declared body parameters before any dependency runs, auth included)."""
+
+    async def parse(who: Caller, request: Request) -> M:
+        raw = await request.body()
+        try:
+            return model.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ())) or None
+            if first.get("type") == "json_invalid":
+                raise ApiError(400, "the request body is not valid JSON") from None
+            raise ApiError(400, f"{loc}: {first.get('msg', 'invalid')}", param=loc) from None
+
+    return parse
