@@ -107,13 +107,16 @@ def run_gateway(
     orchestrator: ScriptedOrchestrator | None = None,
     send_webhook: Any = None,
     tiers: dict[str, str] | None = None,
+    batch_events: Any = None,
 ) -> None:
     """Start the app (lifespan included), make orgs acme and globex with one key each, run ``body``."""
     orchestrator = orchestrator or ScriptedOrchestrator()
     tiers = tiers or {"acme": "premium", "globex": "free"}
 
     async def main() -> None:
-        app = create_app(settings, orchestrator=orchestrator, send_webhook=send_webhook, track_every=3600)
+        app = create_app(
+            settings, orchestrator=orchestrator, send_webhook=send_webhook, batch_events=batch_events, track_every=3600
+        )
         async with app.router.lifespan_context(app):
             keys = {}
             async with app.state.database.session() as session:

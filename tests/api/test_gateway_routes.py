@@ -200,6 +200,32 @@ def test_batch_create_retrieve_list_and_cancel_speak_openai(tmp_path):
     run_gateway(settings_for(tmp_path), body)
 
 
+def test_a_runs_event_moves_the_batch_without_any_poll(tmp_path):
+    import asyncio
+
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    async def events():
+        while True:
+            yield await heard.get()
+
+    async def body(gw):
+        file_id = (await gw.upload(chat_lines(2))).json()["id"]
+        batch_id = (await gw.create_batch(file_id)).json()["id"]
+        (row,) = await gw.rows()
+        gw.orchestrator.states[row.flow_run_id] = RunState(row.flow_run_id, "Running")
+        await asyncio.sleep(0.2)
+        assert (await gw.rows())[0].status == "validating"  # nothing polls (tracker every hour)
+        heard.put_nowait(batch_id)  # the flow's nightshift.batch.started, as Prefect delivers it
+        for _ in range(50):
+            if (await gw.rows())[0].status == "in_progress":
+                break
+            await asyncio.sleep(0.05)
+        assert (await gw.rows())[0].status == "in_progress"
+
+    run_gateway(settings_for(tmp_path), body, batch_events=events)
+
+
 def test_start_failures_end_the_batch_failed_and_leave_no_validating_row(tmp_path):
     orchestrator = ScriptedOrchestrator(fail=httpx.ConnectError("[Errno 111] Connection refused to /srv/prefect"))
 
