@@ -474,6 +474,24 @@ def test_job_token_budget_is_bounded_by_the_models_context(tmp_path):
     run_gateway(settings_for(tmp_path), body)
 
 
+def test_job_results_wait_for_the_end_then_link_the_files(tmp_path):
+    async def body(gw):
+        job = (await gw.client.post("/v1/jobs", headers=gw.auth(), json={"input": [{"prompt": "a"}, {"prompt": "b"}]})).json()
+        early = await gw.client.get(f"/v1/jobs/{job['job_id']}/results", headers=gw.auth())
+        assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_finished"
+        (row,) = await gw.rows()
+        await gw.client.post(f"/v1/batches/{row.id}/cancel", headers=gw.auth())
+        gw.orchestrator.states[row.flow_run_id] = RunState(row.flow_run_id, "Cancelled")
+        results = (await gw.client.get(f"/v1/jobs/{job['job_id']}/results", headers=gw.auth())).json()
+        assert results["status"] == "cancelled" and results["stats"]["failed"] == 2
+        errors = await gw.client.get(results["errors_url"].removeprefix("http://gateway.test"), headers=gw.auth())
+        assert sorted(json.loads(line)["custom_id"] for line in errors.text.splitlines()) == ["item-0", "item-1"]
+        other = await gw.client.get(f"/v1/jobs/{job['job_id']}/results", headers=gw.auth("globex"))
+        assert other.status_code == 404
+
+    run_gateway(settings_for(tmp_path), body)
+
+
 # -- auth, limits, errors ---------------------------------------------------------------------
 def test_rate_budget_belongs_to_the_org_with_openai_headers(tmp_path):
     async def body(gw):
