@@ -51,6 +51,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check nightshift flows tasks blocks tests bench
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -27,3 +27,14 @@ def test_light_modules_do_not_import_the_gpu_stack(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing {module} pulled in: {out}"
+
+
+def test_the_rings_hold():
+    """import-linter's contracts in pyproject.toml: imports point inward (cli → flows → tasks →
+    adapters → storage → settings → core), core and the gateway never reach the GPU stack."""
+    from pathlib import Path
+
+    linter = Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run([str(linter)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout
