@@ -247,15 +247,14 @@ async def _increment(session: AsyncSession, key_id: str, window_start: datetime)
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         # One INSERT ... ON CONFLICT DO UPDATE ... RETURNING: no lost updates between concurrent requests.
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(RateUsage).values(key_id=key_id, window_start=window_start, count=1)
-        stmt = stmt.on_conflict_do_update(
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        values = insert(RateUsage).values(key_id=key_id, window_start=window_start, count=1)
+        upsert = values.on_conflict_do_update(
             index_elements=[RateUsage.key_id, RateUsage.window_start], set_={"count": RateUsage.count + 1}
         ).returning(RateUsage.count)
-        return int((await session.execute(stmt)).scalar_one())
+        return int((await session.execute(upsert)).scalar_one())
     # Other backends: UPDATE first, INSERT if the window is new (row locks keep the UPDATE atomic).
     where = (RateUsage.key_id == key_id) & (RateUsage.window_start == window_start)
     result = await session.execute(update(RateUsage).where(where).values(count=RateUsage.count + 1).returning(RateUsage.count))

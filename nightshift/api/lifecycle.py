@@ -148,8 +148,9 @@ class BatchLifecycle:
         if _changes(row, seen.progress):
             async with self.database.session() as session:
                 await db.update_unfinished(session, row.id, **seen.progress)
-        if seen.cancel_run and (state.run or row.flow_run_id):
-            await asyncio.to_thread(self.orchestrator.cancel, state.run.flow_run_id if state.run else row.flow_run_id)
+        run_id = state.run.flow_run_id if state.run else row.flow_run_id
+        if seen.cancel_run and run_id:
+            await asyncio.to_thread(self.orchestrator.cancel, run_id)
         if seen.event is not None:
             await self._apply(row, seen, state)
         self._recent[row.id] = (started, state.progress)

@@ -18,7 +18,7 @@ from nightshift.core.lineage import Lineage
 from nightshift.core.progress import Progress
 from nightshift.core.protocol import BatchError, BatchRequestOutput, BatchResponse, Endpoint, Usage, ValidRequest
 
-MANIFEST_SCHEMA = "nightshift.manifest/v1"
+MANIFEST_SCHEMA: Literal["nightshift.manifest/v1"] = "nightshift.manifest/v1"
 
 
 def compute_version(*, input_sha256: str, model_sha256: str, engine_params: dict[str, Any], endpoint: Endpoint | None) -> str:

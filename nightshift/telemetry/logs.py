@@ -92,7 +92,7 @@ def configure_logging(config: LogConfig, stream: IO[str] | None = None) -> None:
     """Send nightshift's loggers to ``stream`` (else ``config.file``, else stderr) in
     ``config.format``; a second call replaces the first's handler."""
     owns = stream is None and config.file is not None
-    if owns:
+    if stream is None and config.file is not None:
         config.file.parent.mkdir(parents=True, exist_ok=True)
         stream = open(config.file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - the handler closes it
     handler = _Handler(stream or sys.stderr, owns_stream=owns)
