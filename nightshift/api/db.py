@@ -567,7 +567,7 @@ async def update_batch(session: AsyncSession, batch: Batch | str, **fields: Any)
         batch = found
     status = fields.get("status")
     if status is not None and status != batch.status:
-        stamp = STATUS_TIMESTAMPS.get(status)  # type: ignore[call-overload]
+        stamp = STATUS_TIMESTAMPS.get(status)
         if stamp and stamp not in fields and getattr(batch, stamp) is None:
             fields[stamp] = utcnow()
     _assign(batch, fields)

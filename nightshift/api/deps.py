@@ -65,7 +65,7 @@ class Gateway:
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway
 
 
 Gw = Annotated[Gateway, Depends(_gateway)]

@@ -137,7 +137,7 @@ def open_input(settings: Settings, store: ArtifactStore, who: Principal, uri: st
     """
     if store.holds(uri):
         try:
-            return store.fs.open(uri, "rb")  # type: ignore[no-any-return]
+            return store.fs.open(uri, "rb")
         except FileNotFoundError:
             raise JobRequestError("the file's content is gone", field="file_id") from None
     if "://" not in uri or uri.startswith("file://"):
@@ -147,7 +147,7 @@ def open_input(settings: Settings, store: ArtifactStore, who: Principal, uri: st
     import fsspec
 
     try:
-        return fsspec.open(checked.url, "rb", **settings.storage.storage_options(checked.url)).open()  # type: ignore[no-any-return]
+        return fsspec.open(checked.url, "rb", **settings.storage.storage_options(checked.url)).open()
     except FileNotFoundError:
         raise JobRequestError("no such object", field=FIELD) from None
     except Exception:  # noqa: BLE001 - unreachable store, no permission: said without the library's text

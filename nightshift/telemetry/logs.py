@@ -62,7 +62,7 @@ class _TextFormatter(logging.Formatter):
         return line.replace(" | ", f" | [{tags}] ", 1) if tags else line
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(logging.StreamHandler):
     """Marks the handler ``configure_logging`` installed, so a second call replaces it."""
 
     def __init__(self, stream: IO[str], *, owns_stream: bool) -> None:
