@@ -17,7 +17,8 @@ export DO_NOT_TRACK ?= 1
 
 .PHONY: setup sysdeps run test lint bench clean
 
-setup: sysdeps $(STAMP)
+# `make run` needs only the venv; the system packages below serve tests alone, so `make test` adds them.
+setup: $(STAMP)
 
 # Debian packages some tests need (skipped with a reason where absent): a headless browser for the
 # Prefect UI check, docker-compose to validate infra/docker-compose.yml, a Pushgateway for metrics.
@@ -46,7 +47,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) -m nightshift.cli run examples/sample_batch.jsonl --tier premium
 
-test: setup
+test: sysdeps setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
