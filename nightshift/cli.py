@@ -86,7 +86,7 @@ def _watch_shards(storage: StorageConfig, batch_id: str, stop: threading.Event) 
     from nightshift.storage import ArtifactStore
 
     store = ArtifactStore.from_config(storage)
-    base = f"{store.root}/batches/{batch_id}"
+    base = store.batch_root(batch_id)
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("validating", total=None)
@@ -233,11 +233,11 @@ def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the
     from nightshift.storage import ArtifactStore
 
     store = ArtifactStore.from_config(Settings().storage)
-    files = store.fs.glob(f"{store.root}/batches/{batch_id}/*/progress.json")
-    if not files:
+    running = store.newest(batch_id, "progress.json")
+    if running is None:
         console.print(f"[red]no progress recorded for batch {batch_id!r} in {store.url}[/red]")
         raise typer.Exit(1)
-    p = Progress.model_validate_json(store.read_bytes(max(files, key=lambda f: store.fs.modified(f))))
+    p = Progress.model_validate_json(store.read_bytes(running.progress))
 
     def _s(x: float | None) -> str:
         return "?" if x is None else f"{x:.0f} s"

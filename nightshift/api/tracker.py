@@ -120,15 +120,13 @@ class BatchState:
 def read_store_state(store: ArtifactStore, batch_id: str) -> BatchState:
     """The newest published manifest of the batch (one file read), else its newest live progress."""
     state = BatchState()
-    base = f"{store.root}/batches/{batch_id}"
-    manifests = store.fs.glob(f"{base}/*/manifest.json")
-    if manifests:
-        newest = max(manifests, key=lambda p: store.fs.modified(p))
-        state.manifest = Manifest.model_validate_json(store.read_bytes(newest))
+    published = store.newest(batch_id, "manifest.json")
+    if published is not None:
+        state.manifest = Manifest.model_validate_json(store.read_bytes(published.manifest))
         return state
-    progress = store.fs.glob(f"{base}/*/progress.json")
-    if progress:
-        state.progress = json.loads(store.read_bytes(max(progress, key=lambda p: store.fs.modified(p))))
+    running = store.newest(batch_id, "progress.json")
+    if running is not None:
+        state.progress = json.loads(store.read_bytes(running.progress))
     return state
 
 

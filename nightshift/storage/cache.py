@@ -17,7 +17,7 @@ class ResultCache:
 
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
-        self.root = f"{store.root}/cache"
+        self.root = store.cache_root
 
     def lookup(self, keys: Iterable[str]) -> dict[str, ResultRow]:
         """The cached answer of each key that has a live one; anything missing or stale is a miss."""

@@ -40,20 +40,17 @@ def publish_partial(store: ArtifactStore, batch_id: str, input_uri: str, *, code
     The newest version folder with validated requests is used; a batch stopped before validation
     has none, and then every input line becomes an error line (its ``custom_id`` kept when readable).
     """
-    folders = store.fs.glob(f"{store.root}/batches/{batch_id}/*/requests.jsonl")
-    if folders:
-        requests_path = max(folders, key=lambda p: store.fs.modified(p))
-        root = requests_path.rsplit("/", 1)[0]
-        version = root.rsplit("/", 1)[-1]
+    paths = store.newest(batch_id, "requests.jsonl")
+    if paths is not None:
         rows: list[ResultRow] = []
-        for extra in (f"{root}/invalid.results.jsonl", f"{root}/cached.results.jsonl"):
+        for extra in (paths.invalid, paths.cached):
             if store.exists(extra):
                 rows += decode_results(store.read_bytes(extra))
-        for path in store.fs.glob(f"{root}/shards/*.results.jsonl"):
+        for path in store.fs.glob(paths.shard_results("*")):
             rows += decode_results(store.read_bytes(path))
-        rows += unanswered_rows(decode_shard(store.read_bytes(requests_path)), rows, code=code, message=message)
+        rows += unanswered_rows(decode_shard(store.read_bytes(paths.valid)), rows, code=code, message=message)
     else:
-        root, version = f"{store.root}/batches/{batch_id}/unvalidated", "unvalidated"
+        paths = store.batch(batch_id, "unvalidated")
         rows = []
         for number, text in split_lines(store.read_bytes(input_uri)):
             try:
@@ -62,15 +59,13 @@ def publish_partial(store: ArtifactStore, batch_id: str, input_uri: str, *, code
                 custom_id = None
             rows.append(ResultRow(line=number, custom_id=custom_id, error=BatchError(code=code, message=message, line=number)))
     rows.sort(key=lambda r: r.line)
-    lines = [to_output_line(r, version=version) for r in rows]
+    lines = [to_output_line(r, version=paths.version) for r in rows]
     ok, failed = [x for x in lines if x.ok], [x for x in lines if not x.ok]
     records = []
-    for name, chosen in (("partial.output.jsonl", ok), ("partial.errors.jsonl", failed)):
+    for path, chosen in ((paths.partial_output, ok), (paths.partial_errors, failed)):
         data = encode_rows(chosen)
-        store.write_bytes(f"{root}/{name}", data)
-        records.append(
-            FileRecord(path=store.uri(f"{root}/{name}"), sha256=sha256_bytes(data), bytes=len(data), lines=len(chosen))
-        )
+        store.write_bytes(path, data)
+        records.append(FileRecord(path=store.uri(path), sha256=sha256_bytes(data), bytes=len(data), lines=len(chosen)))
     return PartialResults(
         output_file=records[0],
         error_file=records[1],

@@ -10,13 +10,9 @@ from nightshift.core.placement import PoolThroughput, ThroughputSample
 from nightshift.storage.store import ArtifactStore
 
 
-def _path(store: ArtifactStore, pool: str) -> str:
-    return f"{store.root}/pools/{pool}/throughput.json"
-
-
 def read_throughput(store: ArtifactStore, pool: str) -> PoolThroughput:
     """The pool's throughput log (empty before its first measured batch)."""
-    path = _path(store, pool)
+    path = store.pool_throughput(pool)
     if not store.exists(path):
         return PoolThroughput(pool=pool)
     return PoolThroughput.model_validate_json(store.read_bytes(path))
@@ -25,5 +21,5 @@ def read_throughput(store: ArtifactStore, pool: str) -> PoolThroughput:
 def record_throughput(store: ArtifactStore, pool: str, sample: ThroughputSample) -> PoolThroughput:
     """Add one finished batch's measurement to the pool's log and return the new log."""
     log = read_throughput(store, pool).record(sample)
-    store.write_bytes(_path(store, pool), log.model_dump_json(indent=2).encode())
+    store.write_bytes(store.pool_throughput(pool), log.model_dump_json(indent=2).encode())
     return log

@@ -41,7 +41,7 @@ def _relative(store: ArtifactStore, top: str, path: str) -> list[str]:
 
 def list_versions(store: ArtifactStore) -> list[VersionInfo]:
     """Every version folder under ``{root}/batches``, dated by its newest file, sorted by path."""
-    top = f"{store.root}/batches"
+    top = store.batches_root
     newest: dict[tuple[str, str], datetime] = {}
     for path, info in _files(store, top).items():
         parts = _relative(store, top, path)

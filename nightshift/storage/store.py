@@ -91,6 +91,19 @@ class BatchPaths:
     def alerts(self) -> str:
         return f"{self.root}/alerts.json"
 
+    @property
+    def partial_output(self) -> str:
+        return f"{self.root}/partial.output.jsonl"
+
+    @property
+    def partial_errors(self) -> str:
+        return f"{self.root}/partial.errors.jsonl"
+
+    @property
+    def version(self) -> str:
+        """The version's name (its folder's)."""
+        return self.root.rsplit("/", 1)[-1]
+
 
 class ArtifactStore:
     """Reads and writes batch artifacts under a root URL.
@@ -112,17 +125,54 @@ class ArtifactStore:
         """The store a ``StorageConfig`` describes."""
         return cls(config.root, **config.storage_options())
 
+    # -- the layout: every path in the store is built here and nowhere else ------------------
+    @property
+    def batches_root(self) -> str:
+        """Folder of every batch (``batches/<batch id>/<version>/...``)."""
+        return f"{self.root}/batches"
+
+    def batch_root(self, batch_id: str) -> str:
+        """Folder of every version of one batch."""
+        return f"{self.batches_root}/{batch_id}"
+
     def batch(self, batch_id: str, version: str) -> BatchPaths:
         """Paths of one batch version."""
-        return BatchPaths(f"{self.root}/batches/{batch_id}/{version}")
+        return BatchPaths(f"{self.batch_root(batch_id)}/{version}")
+
+    def newest(self, batch_id: str, file: str) -> BatchPaths | None:
+        """The version of ``batch_id`` whose ``file`` (a ``BatchPaths`` file name such as
+        ``manifest.json``) was written last, or None when no version has it."""
+        found = self.fs.glob(f"{self.batch_root(batch_id)}/*/{file}")
+        if not found:
+            return None
+        newest = max(found, key=lambda p: self.fs.modified(p))
+        return BatchPaths(str(newest).rsplit("/", 1)[0])
+
+    @property
+    def cache_root(self) -> str:
+        """Folder of the request cache."""
+        return f"{self.root}/cache"
+
+    def pool_throughput(self, pool: str) -> str:
+        """A pool's measured-throughput log."""
+        return f"{self.root}/pools/{pool}/throughput.json"
+
+    def scoring(self, job_name: str) -> str:
+        """Folder of a scoring job's versions."""
+        return f"{self.root}/scoring/{job_name}"
+
+    @property
+    def files_root(self) -> str:
+        """Folder of the gateway's uploads, one folder per org."""
+        return f"{self.root}/files"
 
     def upload(self, org_id: str, file_id: str) -> str:
         """Where the gateway keeps a file an org uploaded (``files/<org>/<file id>.jsonl``)."""
-        return f"{self.root}/files/{org_id}/{file_id}.jsonl"
+        return f"{self.files_root}/{org_id}/{file_id}.jsonl"
 
     def upload_parts(self) -> list[str]:
         """Half-written uploads (``.part``) of every org: what a stopped gateway left behind."""
-        return [str(p) for p in self.fs.glob(f"{self.root}/files/*/*.part")]
+        return [str(p) for p in self.fs.glob(f"{self.files_root}/*/*.part")]
 
     def holds(self, uri: str) -> bool:
         """True when ``uri`` names something inside this store (uploads, batch artifacts)."""
@@ -139,7 +189,7 @@ class ArtifactStore:
 
     def published(self, batch_id: str) -> list[Manifest]:
         """Manifests of every published version of ``batch_id``, oldest first."""
-        paths = self.fs.glob(f"{self.root}/batches/{batch_id}/*/manifest.json")
+        paths = self.fs.glob(f"{self.batch_root(batch_id)}/*/manifest.json")
         manifests = [Manifest.model_validate_json(self.read_bytes(p)) for p in paths]
         return sorted(manifests, key=lambda m: m.completed_at)
 
