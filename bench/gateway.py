@@ -7,10 +7,14 @@ does, so every ``GET /v1/batches/{id}`` does the real work of the tracker step (
 compare-and-set). What is measured is the gateway, not the engine; Prefect's own API latency
 (one ``read_flow_run`` per poll in production) is not part of the figure.
 
-Reports p50/p99 of ``GET /v1/batches/{id}`` (target p99 < 100 ms) and the count of 5xx (target 0).
+Each client behaves like a batch client (the ``openai`` SDK's poll loop): it polls one of the
+running batches every ``--interval`` seconds, lists every 20th turn and creates a batch now and
+then; ``--interval 0`` makes the clients hammer the gateway back to back (a saturation test, where
+latency is queueing: clients ÷ throughput). Reports p50/p99 of ``GET /v1/batches/{id}`` (target
+p99 < 100 ms) and the count of 5xx (target 0).
 
-    python bench/gateway.py                 # 50 clients, 20 running batches, 30 s
-    python bench/gateway.py --clients 10 --seconds 5
+    python bench/gateway.py                 # 50 clients, 20 running batches, 30 s, a poll every 0.5 s each
+    python bench/gateway.py --interval 0    # saturation
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ def batch_file(lines: int) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-async def drive(base: str, key: str, *, clients: int, batches: int, seconds: float) -> dict[str, Any]:
+async def drive(base: str, key: str, *, clients: int, batches: int, seconds: float, interval: float) -> dict[str, Any]:
     """Create ``batches`` batches, then ``clients`` clients poll, list and create for ``seconds``."""
     import httpx
 
@@ -159,7 +163,9 @@ async def drive(base: str, key: str, *, clients: int, batches: int, seconds: flo
 
         async def one(n: int) -> None:
             i = n
+            await asyncio.sleep(interval * n / clients)  # spread the clients over one interval
             while time.monotonic() < stop:
+                turn = time.monotonic()
                 i += 1
                 if i % 20 == 0:
                     await timed("list", client.get("/v1/batches", params={"limit": 20}))
@@ -167,6 +173,7 @@ async def drive(base: str, key: str, *, clients: int, batches: int, seconds: flo
                     ids.append(await create())
                 else:
                     await timed("retrieve", client.get(f"/v1/batches/{ids[i % len(ids)]}"))
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - turn)))
 
         started = time.perf_counter()
         await asyncio.gather(*(one(n) for n in range(clients)))
@@ -201,6 +208,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--interval", type=float, default=0.5, help="Seconds between one client's requests (0: back to back).")
     parser.add_argument("--serve", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -228,7 +236,14 @@ def main() -> None:
                 raise SystemExit("the gateway did not start")
             time.sleep(0.2)
         result = asyncio.run(
-            drive(f"http://127.0.0.1:{port}", key, clients=args.clients, batches=args.batches, seconds=args.seconds)
+            drive(
+                f"http://127.0.0.1:{port}",
+                key,
+                clients=args.clients,
+                batches=args.batches,
+                seconds=args.seconds,
+                interval=args.interval,
+            )
         )
     finally:
         server.terminate()
@@ -240,6 +255,8 @@ def main() -> None:
         "clients": args.clients,
         "running_batches": args.batches,
         "seconds": args.seconds,
+        "interval_s": args.interval,
+        "offered_rps": round(args.clients / args.interval, 1) if args.interval else None,
         "cpus": os.cpu_count(),
         **result,
         "target": {"retrieve_p99_ms": TARGET_P99_MS, "responses_5xx": 0},

@@ -327,10 +327,16 @@ class Database:
             connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_SECONDS
         # pre_ping: a Postgres restart otherwise surfaces as one failed request per pooled connection.
         self.engine: AsyncEngine = create_async_engine(self.url, connect_args=connect_args, pool_pre_ping=not self.is_sqlite)
+        # Reads (a poll, a lookup) need no write lock: on SQLite they get their own engine whose
+        # transactions begin DEFERRED, so under WAL they never queue behind a writer.
+        self.read_engine = self.engine
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            self.read_engine = create_async_engine(self.url, connect_args=connect_args)
+            _configure_sqlite(self.read_engine, begin="BEGIN")
         # expire_on_commit=False: handlers render objects after the commit, and async cannot lazy-load.
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (Alembic ``upgrade head``); a no-op when current."""
@@ -348,19 +354,29 @@ class Database:
                 await session.rollback()
                 raise
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only (nothing it changes is kept): never waits for a writer."""
+        # Closing (not rolling back) ends the transaction and keeps the loaded rows usable.
+        async with self._readers() as session:
+            yield session
+
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str = "BEGIN IMMEDIATE") -> None:
     """Make one SQLite file safe for many concurrent requests.
 
     WAL lets readers run while one writer writes. Every transaction starts with BEGIN IMMEDIATE:
     nearly every request writes (the rate counter), and a transaction that reads first and writes
     later cannot wait for the lock (SQLite answers SQLITE_BUSY at once, ignoring the busy timeout),
     whereas BEGIN IMMEDIATE queues on the timeout. So the driver's own BEGIN handling is turned
-    off and SQLAlchemy emits BEGIN itself, as SQLAlchemy's SQLite documentation describes.
+    off and SQLAlchemy emits BEGIN itself, as SQLAlchemy's SQLite documentation describes. The
+    read-only engine passes ``begin="BEGIN"`` (deferred): a reader under WAL takes no lock.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -375,7 +391,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin)
 
 
 # --- repository helpers -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Gateway:
 
     async def file(self, who: Principal, file_id: str) -> File:
         """The caller's org's live file, or OpenAI's 404."""
-        async with self.database.session() as session:
+        async with self.database.reading() as session:
             row = await get_file(session, who.org_id, file_id)
         if row is None:
             raise ApiError.not_found("File", file_id, "file_id")
@@ -45,16 +45,18 @@ class Gateway:
 
     async def batch(self, who: Principal, batch_id: str) -> Batch:
         """The caller's org's batch, or OpenAI's 404."""
-        async with self.database.session() as session:
+        async with self.database.reading() as session:
             row = await get_batch(session, who.org_id, batch_id)
         if row is None:
             raise ApiError.not_found("Batch", batch_id, "batch_id")
         return row
 
     async def current(self, who: Principal, batch_id: str) -> tuple[Batch, dict[str, Any] | None]:
-        """The batch after a tracker step taken now, and its live progress."""
-        live = await self.lifecycle.sync(await self.batch(who, batch_id))
-        return await self.batch(who, batch_id), live
+        """The batch after a tracker step (or the last one, when recent), and its live progress;
+        read again only when the step changed the row."""
+        row = await self.batch(who, batch_id)
+        live, changed = await self.lifecycle.refresh(row)
+        return (await self.batch(who, batch_id) if changed else row), live
 
     async def audit(self, who: Principal, action: str, object_id: str, **detail: Any) -> None:
         """Append who did what to the audit log."""

@@ -60,7 +60,7 @@ class BatchLifecycle:
         self._deliveries: set[asyncio.Task[None]] = set()  # held so running deliveries are not collected
         # One step per batch at a time, and none again within ``sync_seconds``: fifty clients polling
         # one batch cost one store read, not fifty (events and the tracker ask for a fresh step).
-        self._steps: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
+        self._steps: dict[str, asyncio.Task[tuple[dict[str, Any] | None, bool]]] = {}
         self._recent: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.sync_seconds = settings.api.sync_seconds
 
@@ -126,14 +126,19 @@ class BatchLifecycle:
     # -- follow ------------------------------------------------------------------------------
     async def sync(self, row: Batch, *, fresh: bool = False) -> dict[str, Any] | None:
         """Bring one batch up to date from the store and its run; returns the live progress
-        while it runs. Safe to call from anywhere, any number of times at once: concurrent calls
-        share one step, and a step newer than ``sync_seconds`` is reused unless ``fresh``."""
+        while it runs (see ``refresh``)."""
+        return (await self.refresh(row, fresh=fresh))[0]
+
+    async def refresh(self, row: Batch, *, fresh: bool = False) -> tuple[dict[str, Any] | None, bool]:
+        """The live progress, and whether the row changed. Safe to call from anywhere, any number
+        of times at once: concurrent calls share one step, and a step newer than ``sync_seconds``
+        is reused unless ``fresh``."""
         if BatchStatus(row.status).is_terminal:
             self._recent.pop(row.id, None)
-            return None
+            return None, False
         recent = self._recent.get(row.id)
         if not fresh and recent is not None and time.monotonic() - recent[0] < self.sync_seconds:
-            return recent[1]
+            return recent[1], False
         step = self._steps.get(row.id)
         if step is None:
             step = asyncio.ensure_future(self._step(row))
@@ -141,20 +146,21 @@ class BatchLifecycle:
             step.add_done_callback(lambda _: self._steps.pop(row.id, None))
         return await asyncio.shield(step)
 
-    async def _step(self, row: Batch) -> dict[str, Any] | None:
+    async def _step(self, row: Batch) -> tuple[dict[str, Any] | None, bool]:
         started = time.monotonic()
         state = await asyncio.to_thread(self._read, row)
         seen = observe(row, state, datetime.now(UTC))
-        if _changes(row, seen.progress):
+        changed = _changes(row, seen.progress)
+        if changed:
             async with self.database.session() as session:
                 await db.update_unfinished(session, row.id, **seen.progress)
         run_id = state.run.flow_run_id if state.run else row.flow_run_id
         if seen.cancel_run and run_id:
             await asyncio.to_thread(self.orchestrator.cancel, run_id)
         if seen.event is not None:
-            await self._apply(row, seen, state)
+            changed = await self._apply(row, seen, state) is not None or changed
         self._recent[row.id] = (started, state.progress)
-        return state.progress
+        return state.progress, changed
 
     def _read(self, row: Batch) -> BatchState:
         state = read_store_state(self.store, row.id)
