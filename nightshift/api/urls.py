@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from nightshift.api import egress, webhooks
 from nightshift.api.auth import Principal
-from nightshift.core.errors import BatchFileError, EgressFailed, JobRequestError
+from nightshift.core.errors import BatchFileError, EgressFailed, EgressRefused, JobRequestError
 from nightshift.core.jobs import InputSource, check_input_url, open_input_file
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
@@ -33,11 +33,16 @@ if TYPE_CHECKING:
 FIELD = "input_file_url"
 
 
-def checked_webhook(settings: Settings, url: str | None, *, param: str) -> str | None:
-    """The webhook URL when its scheme and host pass the egress rules (resolved again at send)."""
+async def checked_webhook(gw: Gateway, who: Principal, url: str | None, *, param: str) -> str | None:
+    """The webhook URL when its scheme and host pass the egress rules (resolved again at every
+    send). A refused one is recorded in the audit log, then answered with a 400 naming ``param``."""
     if not url:
         return None
-    return egress.check_url(url, egress.EgressPolicy.from_settings(settings.api), param=param)
+    try:
+        return egress.check_url(url, egress.EgressPolicy.from_settings(gw.settings.api), param=param)
+    except EgressRefused as exc:
+        await gw.audit(who, "webhook.refused", param, rule=exc.rule)
+        raise
 
 
 def webhook_sender(settings: Settings) -> WebhookSender:

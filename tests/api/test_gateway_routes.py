@@ -322,6 +322,13 @@ def test_webhook_urls_that_reach_inside_are_refused_at_create_and_never_called(t
                 job = await gw.client.post("/v1/jobs", headers=gw.auth(), json={"input": [{"prompt": "x"}], "webhook_url": url})
                 assert job.status_code == 400 and job.json()["error"]["param"] == "webhook_url", url
             assert await gw.rows() == []
+            async with gw.app.state.database.session() as session:
+                from sqlalchemy import select
+
+                from nightshift.api.db import AuditLog
+
+                refused = (await session.execute(select(AuditLog).where(AuditLog.action == "webhook.refused"))).scalars().all()
+            assert len(refused) == 2 * len(spellings)  # recorded, never sent
 
         run_gateway(settings_for(tmp_path), body)
         assert receiver.hits == []

@@ -72,7 +72,7 @@ async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends
         raise ApiError(400, f"completion_window must be one of {', '.join(gw.windows)}", param="completion_window")
     check_metadata(body.metadata)
     drill = drill_params(gw, who, body.metadata)
-    webhook = checked_webhook(gw.settings, (body.metadata or {}).get("webhook_url"), param="metadata.webhook_url")
+    webhook = await checked_webhook(gw, who, (body.metadata or {}).get("webhook_url"), param="metadata.webhook_url")
     source = await gw.file(who, body.input_file_id)
     now = datetime.now(UTC)
     row = await gw.lifecycle.start(

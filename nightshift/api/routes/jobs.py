@@ -40,7 +40,7 @@ async def create_job(who: Caller, gw: Gw, body: Annotated[JobCreate, Depends(jso
             raise ApiError(
                 400, f"must be below the model's context length ({settings.engine.max_model_len})", param=f"input[{i}].max_tokens"
             )
-    webhook = checked_webhook(settings, body.webhook_url, param="webhook_url")
+    webhook = await checked_webhook(gw, who, body.webhook_url, param="webhook_url")
     if body.input is not None:
         served = settings.engine.served_model_name or Path(settings.engine.model).name
         data = render_inline(body, model=served, max_items=settings.api.max_inline_items)
