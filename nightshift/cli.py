@@ -12,11 +12,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nightshift.core.sla import Tier
-from nightshift.settings import Settings, StorageConfig
+from nightshift.settings import Settings
 from nightshift.telemetry.logs import configure_logging
 
 app = typer.Typer(help="nightshift: SLA-aware offline batch inference on vLLM, Ray and Prefect.", no_args_is_help=True)
@@ -30,16 +29,24 @@ def _setup() -> None:
 
 
 @contextlib.contextmanager
-def _prefect_api(settings: Settings) -> Any:
-    """Use the configured Prefect API, or run a local server for the duration of the command."""
+def _prefect_api(settings: Settings, out: Console | None = None) -> Any:
+    """Use the configured Prefect API, else the one a running ``nightshift up`` on this machine
+    serves (the run then shows in its UI, on its Ray), else a local server for this command."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
+    running = _running_stack(settings)
+    if running is not None:
+        if running.get("ray_address") and not os.environ.get("NIGHTSHIFT_RAY_ADDRESS"):
+            os.environ["NIGHTSHIFT_RAY_ADDRESS"] = running["ray_address"]  # the flow's task runner reads it
+        with temporary_settings(updates={PREFECT_API_URL: running["api_url"]}):
+            yield running["api_url"]
+        return
     from nightshift.services import local_prefect_server
 
-    with console.status("starting a local Prefect server on 127.0.0.1 (set PREFECT_API_URL to use yours)"):
+    with (out or console).status("starting a local Prefect server on 127.0.0.1 (set PREFECT_API_URL to use yours)"):
         server = local_prefect_server(settings.home / "prefect")
         url = server.__enter__()
     try:
@@ -81,29 +88,6 @@ def _stack_api(settings: Settings) -> Any:
         yield url
 
 
-def _watch_shards(storage: StorageConfig, batch_id: str, stop: threading.Event) -> None:
-    """Show shard progress by watching the store (the flow writes each shard when done)."""
-    from nightshift.storage import ArtifactStore
-
-    store = ArtifactStore.from_config(storage)
-    base = store.batch_root(batch_id)
-    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("validating", total=None)
-        started = time.time()
-        while not stop.wait(0.5):
-            with contextlib.suppress(FileNotFoundError, OSError):
-                files = (
-                    [f for f in store.fs.glob(f"{base}/*/shards/*.jsonl") if store.fs.modified(f).timestamp() >= started - 1]
-                    if store.fs.exists(base)
-                    else []
-                )
-                requests = sum(f.endswith(".requests.jsonl") for f in files)
-                results = sum(f.endswith(".results.jsonl") for f in files)
-                if requests:
-                    progress.update(task, description="shards", total=requests, completed=results)
-
-
 @app.command()
 def run(
     file: Annotated[str, typer.Argument(help="Batch JSONL file (path or URL).")],
@@ -116,30 +100,55 @@ def run(
         Literal["auto", "vllm", "transformers"] | None,
         typer.Option(help="vllm, transformers (slower, runs wherever torch runs), or auto: vLLM, else transformers."),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Stream the engine's, Ray's and Prefect's logs here instead of a log file.")
+    ] = False,
 ) -> None:
-    """Run one batch file end to end and print where its results are."""
+    """Run one batch file end to end and print where its results are.
+
+    The terminal shows one progress bar and the summary; everything the engine, Ray and Prefect
+    print goes to a log file for the run (its path is printed first; ``-v`` streams it instead).
+    """
+    from nightshift.core.runs import default_batch_id
+    from nightshift.terminal import quiet, run_log_path, summary_lines, watch_progress
+
     if out is not None:
         os.environ["NIGHTSHIFT_STORAGE_ROOT"] = str(out.absolute())
     if engine is not None:
         # The flow builds its own Settings from the environment, as a deployment's run does.
         os.environ["NIGHTSHIFT_ENGINE_KIND"] = engine
     settings = Settings()
-    with _prefect_api(settings) as api:
-        console.print(f"Prefect API: {api}")
-        from flows.batch import BatchRunParameters, default_batch_id, process_batch
-
-        params = BatchRunParameters(input_uri=file, batch_id=batch_id, tier=tier, model=model, shard_size=shard_size)
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=_watch_shards, args=(settings.storage, batch_id or default_batch_id(file), stop), daemon=True
-        )
-        watcher.start()
+    name = batch_id or default_batch_id(file)
+    log_path = None if verbose else run_log_path(settings.home.absolute(), name)
+    if log_path is not None:
+        console.print(f"log: {log_path}", soft_wrap=True)
+    with quiet(log_path) as term:
         try:
-            result = process_batch(params)
-        finally:
-            stop.set()
-            watcher.join(2)
-    _print_summary(result)
+            with _prefect_api(settings, term) as api:
+                term.print(f"Prefect API: {api}")
+                from flows.batch import BatchRunParameters, process_batch
+
+                params = BatchRunParameters(input_uri=file, batch_id=batch_id, tier=tier, model=model, shard_size=shard_size)
+                stop = threading.Event()
+                watcher = threading.Thread(target=watch_progress, args=(term, settings.storage, name, stop), daemon=True)
+                watcher.start()
+                try:
+                    result = process_batch(params)
+                finally:
+                    stop.set()
+                    watcher.join(2)
+        except Exception as exc:
+            if log_path is None:
+                raise
+            # The traceback goes to the log; the terminal gets what broke and where to read more.
+            import traceback
+
+            traceback.print_exc()
+            term.print(f"[red]run failed: {type(exc).__name__}: {str(exc)[:300]}[/red]")
+            term.print(f"full log: {log_path}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        for line in summary_lines(result):
+            term.print(line, soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -576,24 +585,10 @@ def submit(
 
 
 def _print_summary(result: Any) -> None:
-    counts, usage, sla = result.request_counts, result.usage, result.sla
-    table = Table(title=f"batch {result.batch_id} · version {result.version}" + (" (reused)" if result.reused else ""))
-    for col in ("requests", "completed", "failed", "prompt tok", "completion tok", "engine req/s", "SLA"):
-        table.add_column(col)
-    table.add_row(
-        str(counts.total),
-        str(counts.completed),
-        str(counts.failed),
-        str(usage.prompt_tokens),
-        str(usage.completion_tokens),
-        f"{sla.requests_per_second:.2f}",
-        f"{sla.tier.value}: {'met' if sla.met else 'BREACHED'} ({sla.slack_seconds / 3600:.1f} h slack)",
-    )
-    console.print(table)
-    # Paths are printed unwrapped so they can be copied from any terminal width.
-    console.print(f"output:   {result.output_uri}", soft_wrap=True)
-    console.print(f"errors:   {result.error_uri}", soft_wrap=True)
-    console.print(f"manifest: {result.manifest_uri}", soft_wrap=True)
+    from nightshift.terminal import summary_lines
+
+    for line in summary_lines(result):
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def main() -> None:
