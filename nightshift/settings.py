@@ -74,6 +74,15 @@ class EngineConfig(BaseModel):
         ),
     )
     keep_warm: bool = Field(default=True, description="Keep the engine actor alive after a batch so the next one skips start-up.")
+    tool_call_parser: str | None = Field(
+        default="hermes",
+        max_length=64,
+        description=(
+            "vLLM tool-call parser that finds tool calls in the text of an answer (vLLM's --tool-call-parser: "
+            "'hermes' for Qwen/SmolLM2-style <tool_call> JSON, 'llama3_json', 'mistral', 'pythonic'...). It serves "
+            "tool_choice 'auto'; 'required' and a named function are enforced by a grammar. None refuses 'auto'."
+        ),
+    )
 
     @model_validator(mode="after")
     def _ray_data_llm_is_vllm(self) -> EngineConfig:
@@ -97,6 +106,7 @@ class EngineConfig(BaseModel):
             "seed": self.seed,
             "default_max_tokens": self.default_max_tokens,
             "compact_json": self.compact_json,
+            "tool_call_parser": self.tool_call_parser,
         }
 
 

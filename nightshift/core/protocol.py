@@ -32,11 +32,13 @@ class Endpoint(enum.StrEnum):
 
 
 class _Body(BaseModel):
-    # Unknown OpenAI fields (``user``, ``store``, ``metadata``...) are accepted and ignored, as
-    # the OpenAI API does; a field we know with a wrong type or range is an error.
-    model_config = ConfigDict(extra="allow")
+    # Only the fields declared here are honoured; any other top-level field of a body is refused for
+    # its line (validation turns pydantic's extra_forbidden into ``unsupported_parameter``), never
+    # silently dropped. A declared field with a wrong type or range is an error too.
+    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="Model named by the request; the batch's model serves it.")
+    model: str | None = Field(default=None, description="Model named by the request; must be the batch's served model.")
+    user: str | None = Field(default=None, description="End-user id; recorded by OpenAI, no effect on the answer.")
 
 
 class _SamplingBody(_Body):
@@ -49,6 +51,9 @@ class _SamplingBody(_Body):
     stop: str | list[str] | None = Field(default=None, description="Up to 4 stop sequences.")
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, description="Token id (as a string) to a bias added to its logit."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -61,6 +66,7 @@ class _SamplingBody(_Body):
 class ChatMessage(BaseModel):
     """One chat message. ``content`` is a string or a list of text parts."""
 
+    # tool_calls, tool_call_id and name ride along: the chat template renders them.
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -84,6 +90,37 @@ class ChatMessage(BaseModel):
         return "".join(part["text"] for part in self.content)
 
 
+class FunctionDefinition(BaseModel):
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON schema of the arguments.")
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    """One entry of ``tools``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class _FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function to call."""
+
+    type: Literal["function"]
+    function: _FunctionName
+
+
 class ChatCompletionRequest(_SamplingBody):
     """Body of a ``/v1/chat/completions`` line."""
 
@@ -93,6 +130,13 @@ class ChatCompletionRequest(_SamplingBody):
     )
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool | None = Field(default=None, description="Return the log probability of each output token.")
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
+        default=None, description="Most likely alternatives per output token (needs logprobs)."
+    )
+    tools: Annotated[list[ChatTool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     def token_budget(self) -> int | None:
         """The completion token limit the request asks for, if any."""
@@ -107,6 +151,9 @@ class CompletionRequest(_SamplingBody):
         default=16, description="OpenAI's default for completions is 16 tokens."
     )
     echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = Field(
+        default=None, description="Log probabilities of this many most likely tokens per output token."
+    )
 
     def token_budget(self) -> int | None:
         """The completion token limit the request asks for, if any."""
@@ -131,6 +178,20 @@ BODY_MODELS: dict[Endpoint, type[RequestBody]] = {
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
 }
+
+#: Why a field of the OpenAI API is refused, where there is more to say than "not supported".
+REFUSED_FIELDS: dict[str, str] = {
+    "stream": "a batch returns each answer whole; streaming does not apply to batch requests",
+    "stream_options": "a batch returns each answer whole; streaming does not apply to batch requests",
+    "functions": "deprecated by OpenAI; use tools",
+    "function_call": "deprecated by OpenAI; use tool_choice",
+}
+
+
+def refusal_message(field: str) -> str:
+    """Why a batch line's ``field`` is refused (for its error row)."""
+    reason = REFUSED_FIELDS.get(field, "nightshift does not honour it, and a field is never silently ignored")
+    return f"unsupported parameter {field[:64]!r}: {reason}"
 
 
 # --------------------------------------------------------------------------- request line
@@ -215,13 +276,14 @@ class Usage(BaseModel):
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
     finish_reason: Literal["stop", "length", "content_filter", "tool_calls"] | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -239,7 +301,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length", "content_filter"] | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):

@@ -4,7 +4,8 @@ Three passes, cheapest first, each naming the line and field it rejects:
 1. the file: size, line count, "is this JSONL at all" (raises ``BatchFileError``);
 2. the frame: a pandera schema over every parsed line (id present and unique, method, url, body
    is an object), collected lazily so one pass reports every bad row;
-3. the body: the pydantic model of the line's endpoint, the batch endpoint, the prompt length.
+3. the body: the batch endpoint, fields nightshift does not honour (refused, never dropped), the
+   pydantic model of the line's endpoint, the model name, the prompt length.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -20,7 +22,13 @@ from pydantic import ValidationError
 
 from nightshift.core.errors import BatchFileError, InputSchemaError
 from nightshift.core.jsonl import UndecodableLine, split_lines
-from nightshift.core.protocol import BatchRequestInput, ChatCompletionRequest, Endpoint, ValidRequest
+from nightshift.core.protocol import (
+    BatchRequestInput,
+    ChatCompletionRequest,
+    Endpoint,
+    ValidRequest,
+    refusal_message,
+)
 
 #: Counts the prompt tokens of a request body for an endpoint (an engine adapter provides it).
 TokenCounter = Callable[[Endpoint, dict[str, Any]], int]
@@ -154,6 +162,21 @@ def _frame_errors(rows: list[dict[str, Any]]) -> dict[int, InputSchemaError]:
     return found
 
 
+def _body_error(exc: ValidationError, *, line: int, custom_id: str) -> InputSchemaError:
+    """A body's first problem: a missing or mistyped field (``invalid_request``) before a top-level
+    field nightshift does not honour (``unsupported_parameter``, naming it)."""
+    problems = exc.errors()
+    wrong = [p for p in problems if not (p["type"] == "extra_forbidden" and len(p["loc"]) == 1)]
+    if wrong:
+        return InputSchemaError.from_pydantic(
+            SimpleNamespace(errors=lambda: wrong), line=line, prefix="body", custom_id=custom_id
+        )
+    field = str(problems[0]["loc"][0])
+    return InputSchemaError(
+        refusal_message(field), line=line, param=field[:64], custom_id=custom_id, code="unsupported_parameter"
+    )
+
+
 def validate_lines(
     lines: list[tuple[int, str]],
     *,
@@ -161,6 +184,7 @@ def validate_lines(
     endpoint: Endpoint | None = None,
     max_model_len: int | None = None,
     count_tokens: TokenCounter | None = None,
+    served_model: str | None = None,
 ) -> ValidationResult:
     """Validate numbered request lines; every line ends in ``valid`` or ``errors``, never both.
 
@@ -168,6 +192,8 @@ def validate_lines(
         endpoint: The batch's endpoint; lines for another URL are errors. ``None`` takes the URL
             of the first well-formed line, as a batch serves one endpoint (one engine kind).
         max_model_len: With ``count_tokens``, rejects prompts the model cannot hold.
+        served_model: The batch's model name; a line naming another model is an error
+            (``model_not_found``), never answered by this one. ``None`` skips the check.
 
     Raises:
         BatchFileError: No line at all is a JSON object (the file is not JSONL).
@@ -207,7 +233,19 @@ def validate_lines(
         try:
             body = req.parsed_body()
         except ValidationError as exc:
-            errors.append(InputSchemaError.from_pydantic(exc, line=number, prefix="body", custom_id=cid))
+            errors.append(_body_error(exc, line=number, custom_id=cid))
+            continue
+        if served_model is not None and body.model is not None and body.model != served_model:
+            errors.append(
+                InputSchemaError(
+                    f"the model {body.model[:128]!r} does not exist in this batch; it is served by {served_model!r}",
+                    line=number,
+                    param="model",
+                    value=body.model,
+                    custom_id=cid,
+                    code="model_not_found",
+                )
+            )
             continue
         prompt_tokens = None
         if count_tokens is not None and max_model_len is not None:

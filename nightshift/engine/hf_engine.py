@@ -15,7 +15,13 @@ in small left-padded groups), but it runs wherever torch runs. It is built to an
 - ``response_format`` is enforced with xgrammar, vLLM's own grammar backend, compiled with the
   same whitespace settings;
 - embeddings are the last token's final hidden state, L2-normalised: what vLLM's
-  ``convert="embed"`` computes for a causal LM with no sentence-transformers pooling config.
+  ``convert="embed"`` computes for a causal LM with no sentence-transformers pooling config;
+- a request vLLM's server refuses (greedy with ``n > 1``, a prompt the context cannot hold) is
+  refused with vLLM's code, field and message.
+
+What this engine cannot match it refuses for the line (``unsupported_parameter`` naming the field)
+rather than answer differently: ``tools``/``tool_choice`` (vLLM's grammar-forced calls and tool
+parsers), ``logprobs``/``top_logprobs`` and ``logit_bias``. Run such batches on the vLLM engine.
 
 Greedy outputs are therefore the same as vLLM's up to floating-point differences between the
 two engines' kernels: identical on the tiny test model for short outputs; on a real model a
@@ -187,12 +193,14 @@ class TransformersEngine(BaseEngine):
         body: ChatCompletionRequest | CompletionRequest
         if self.endpoint is Endpoint.CHAT_COMPLETIONS:
             body = ChatCompletionRequest.model_validate(request.body)
+            sampling.refuse_unmatched(body, "the transformers engine")
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
             rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
             ids = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
             echo = ""
         else:
             body = CompletionRequest.model_validate(request.body)
+            sampling.refuse_unmatched(body, "the transformers engine")
             ids = list(self.tokenizer(body.prompt)["input_ids"])
             echo = body.prompt if body.echo else ""
         self._check_context(len(ids), generating=True)
@@ -205,7 +213,9 @@ class TransformersEngine(BaseEngine):
         if params["temperature"] < _SAMPLING_EPS:
             params["temperature"] = 0.0
             if params["n"] > 1:
-                raise ValueError(f"n must be 1 when using greedy sampling, got {params['n']}.")
+                raise UnsupportedRequestError(
+                    f"n must be 1 when using greedy sampling, got {params['n']}.", code="invalid_request"
+                )
         else:
             params["temperature"] = max(params["temperature"], _MAX_TEMP)
         # vLLM ends a sequence when it reaches the context length, whatever max_tokens says.
@@ -217,15 +227,18 @@ class TransformersEngine(BaseEngine):
         """Refuse a prompt the context cannot hold, with vLLM's wording."""
         limit = self.config.max_model_len
         if prompt_tokens > limit:
-            raise ValueError(
+            raise UnsupportedRequestError(
                 f"This model's maximum context length is {limit} tokens. However, your prompt contains "
                 f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. "
-                "Please reduce the length of the input prompt."
+                "Please reduce the length of the input prompt.",
+                code="invalid_request",
+                param="input_tokens",
             )
         if generating and prompt_tokens == limit:
-            raise ValueError(
+            raise UnsupportedRequestError(
                 f"The decoder prompt (length {prompt_tokens}) plus the number of requested output tokens (at least 1) "
-                f"is longer than the maximum model length of {limit}."
+                f"is longer than the maximum model length of {limit}.",
+                code="invalid_request",
             )
 
     def _grammar(self, spec: dict[str, Any] | None) -> Any:

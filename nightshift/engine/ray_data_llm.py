@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nightshift.core.artifacts import ResultRow, encode_rows
+from nightshift.core.errors import UnsupportedRequestError
 from nightshift.core.protocol import BatchError, ChatCompletionRequest, CompletionRequest, Endpoint, ValidRequest
 from nightshift.engine import sampling
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome
@@ -76,6 +77,14 @@ def _preprocess(spec: EngineSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
         kwargs = sampling.sampling_kwargs(
             body, default_max_tokens=cfg.default_max_tokens, prompt_tokens=req.prompt_tokens, max_model_len=cfg.max_model_len
         )
+        # A field this backend cannot answer as vLLM's server does becomes an error row (in post):
+        # the row still flows through the processor, at one token, since a map cannot drop it.
+        out["refused"], out["refused_param"] = "", ""
+        try:
+            sampling.refuse_unmatched(body, "the ray-data-llm backend")
+        except UnsupportedRequestError as exc:
+            out["refused"], out["refused_param"] = str(exc), exc.param or ""
+            kwargs["max_tokens"] = 1
         out["n"] = kwargs.pop("n")
         out["max_tokens"] = kwargs["max_tokens"]
         out["sampling_params"] = kwargs
@@ -88,7 +97,10 @@ def _postprocess(spec: EngineSpec) -> Callable[[dict[str, Any]], dict[str, Any]]
     def post(row: dict[str, Any]) -> dict[str, Any]:
         line, cid = int(row["line"]), str(row["custom_id"])
         failure = row.get("__inference_error__") or ("n > 1 is not served by the ray-data-llm backend" if row["n"] > 1 else "")
-        if failure:
+        if row.get("refused"):
+            error = BatchError(code="unsupported_parameter", message=str(row["refused"]), param=row["refused_param"], line=line)
+            result = ResultRow(line=line, custom_id=cid, error=error)
+        elif failure:
             result = ResultRow(line=line, custom_id=cid, error=BatchError(code="engine_error", message=str(failure), line=line))
         else:
             generated = int(row["num_generated_tokens"])

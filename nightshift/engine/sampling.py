@@ -1,7 +1,12 @@
-"""OpenAI request bodies → vLLM sampling arguments, and vLLM outputs → OpenAI response bodies.
+"""OpenAI request bodies → sampling arguments, and generated text → OpenAI response bodies, for
+the engines that do not run vLLM's OpenAI serving layer (the transformers engine, the
+``ray-data-llm`` backend).
 
-Kept free of vLLM imports (plain dicts in, plain models out) so the mapping is unit-tested
-without an engine; ``VLLMEngine`` turns the dict into ``SamplingParams``.
+``VLLMEngine`` does not use this module: vLLM's own request models and serving classes translate
+its bodies, so it honours every field as vLLM's server does. The mapping here follows vLLM's
+rules for the fields it covers, and ``refuse_unmatched`` names the fields it cannot honour that
+way, so an engine using it refuses them for the line rather than answer differently. Kept free of
+vLLM imports (plain dicts in, plain models out) so it is unit-tested without an engine.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from nightshift.core.errors import UnsupportedRequestError
 from nightshift.core.protocol import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -25,6 +31,27 @@ from nightshift.core.protocol import (
 
 #: OpenAI's defaults where a body leaves a field out (vLLM's differ: temperature 1.0 is OpenAI's).
 OPENAI_DEFAULT_TEMPERATURE = 1.0
+
+
+def refuse_unmatched(body: ChatCompletionRequest | CompletionRequest, engine: str) -> None:
+    """Raise ``UnsupportedRequestError`` (``unsupported_parameter``, naming the field) for a field of
+    ``body`` that ``sampling_kwargs`` does not carry: tool calls, logprobs, logit bias."""
+    tool_choice = getattr(body, "tool_choice", None)
+    asked = {
+        "tools": bool(getattr(body, "tools", None)),
+        "tool_choice": tool_choice not in (None, "none"),
+        # A completions body's logprobs=0 still asks for the chosen tokens' logprobs.
+        "logprobs": body.logprobs is not None and body.logprobs is not False,
+        "top_logprobs": bool(getattr(body, "top_logprobs", None)),
+        "logit_bias": bool(body.logit_bias),
+    }
+    field = next((name for name, wanted in asked.items() if wanted), None)
+    if field is not None:
+        raise UnsupportedRequestError(
+            f"unsupported parameter {field!r}: {engine} cannot answer it as vLLM does; run this batch on the vLLM engine",
+            code="unsupported_parameter",
+            param=field,
+        )
 
 
 def sampling_kwargs(

@@ -102,3 +102,48 @@ def test_blank_lines_keep_numbering():
     data = (json.dumps(chat_line(0)) + "\n\n" + BAD_LINES["invalid_json"] + "\n").encode()
     result = validate_lines(read_lines(data, uri="x", max_lines=10, max_bytes=10_000))
     assert result.total_lines == 2 and result.errors[0].line == 3
+
+
+def test_a_field_nightshift_does_not_honour_is_refused_for_its_line_only():
+    lines = _lines(
+        chat_line(0, stream="True"),
+        chat_line(1, frobnicate=1),
+        chat_line(2, user="u-1", logprobs=True, top_logprobs=2, seed=3),
+        chat_line(3, stream=False),
+    )
+    result = validate_lines(lines)
+    assert [r.custom_id for r in result.valid] == ["req-002"]  # user, logprobs, seed: honoured
+    got = [(e.line, e.code, e.param, e.custom_id) for e in result.errors]
+    assert got == [
+        (1, "unsupported_parameter", "stream", "req-000"),
+        (2, "unsupported_parameter", "frobnicate", "req-001"),
+        (4, "unsupported_parameter", "stream", "req-003"),  # any value: a batch never streams
+    ]
+    assert "stream" in result.errors[0].message and "batch" in result.errors[0].message
+
+
+def test_a_refused_field_name_is_cut_short_in_the_error():
+    (err,) = validate_lines(_lines(chat_line(0, **{"x" * 500: 1}))).errors
+    assert err.code == "unsupported_parameter" and len(err.param) == 64 and len(err.message) < 200
+
+
+def test_a_line_for_another_model_is_an_error_line_never_answered():
+    lines = _lines(chat_line(0), chat_line(1, model="NonExistModel"), chat_line(2, model=None))
+    result = validate_lines(lines, served_model="tiny")
+    assert [r.custom_id for r in result.valid] == ["req-000", "req-002"]  # its own name, or none: the batch's model
+    (err,) = result.errors
+    assert (err.line, err.code, err.param, err.custom_id) == (2, "model_not_found", "model", "req-001")
+    assert "NonExistModel" in err.message and "'tiny'" in err.message
+    assert validate_lines(lines).errors == []  # no served model given: no check
+
+
+def test_wrong_types_of_honoured_fields_name_the_field():
+    tools = chat_line(0, tools={"name": "x"})
+    choice = chat_line(1, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="sometimes")
+    top = chat_line(2, logprobs=True, top_logprobs=21)
+    result = validate_lines(_lines(tools, choice, top))
+    assert [(e.code, e.param.split(".")[:2]) for e in result.errors] == [
+        ("invalid_request", ["body", "tools"]),
+        ("invalid_request", ["body", "tool_choice"]),
+        ("invalid_request", ["body", "top_logprobs"]),
+    ]

@@ -1,5 +1,8 @@
+import pytest
+
+from nightshift.core.errors import UnsupportedRequestError
 from nightshift.core.protocol import ChatCompletionRequest, CompletionRequest
-from nightshift.engine.sampling import chat_completion, sampling_kwargs
+from nightshift.engine.sampling import chat_completion, refuse_unmatched, sampling_kwargs
 
 
 def _chat(**body):
@@ -33,3 +36,21 @@ def test_chat_completion_body_counts_tokens_and_maps_abort():
     body = chat_completion(model="m", prompt_tokens=4, choices=[("a", 2, "length"), ("b", 3, "abort")])
     assert body.usage.model_dump() == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
     assert [c.finish_reason for c in body.choices] == ["length", None]
+
+
+def test_fields_without_a_faithful_mapping_are_refused_naming_the_field():
+    tool = {"type": "function", "function": {"name": "f"}}
+    cases = {
+        "tools": _chat(tools=[tool], tool_choice="none"),
+        "tool_choice": _chat(tool_choice="required"),
+        "logprobs": _chat(logprobs=True, top_logprobs=2),
+        "top_logprobs": _chat(top_logprobs=1),
+        "logit_bias": CompletionRequest(prompt="Once", logit_bias={"5": 1.0}),
+    }
+    for field, body in cases.items():
+        with pytest.raises(UnsupportedRequestError) as info:
+            refuse_unmatched(body, "this engine")
+        assert (info.value.code, info.value.param) == ("unsupported_parameter", field)
+    with pytest.raises(UnsupportedRequestError, match="logprobs"):
+        refuse_unmatched(CompletionRequest(prompt="Once", logprobs=0), "this engine")  # 0 still asks for logprobs
+    refuse_unmatched(_chat(tool_choice="none", logprobs=False, top_logprobs=0, logit_bias={}), "this engine")
