@@ -274,6 +274,17 @@ keys_app = typer.Typer(help="Gateway API keys and tokens.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 
 
+@app.command("config-docs")
+def config_docs(
+    out: Annotated[Path, typer.Option(help="Where to write the page.")] = Path("docs/configuration.md"),
+) -> None:
+    """Write the configuration page (every setting, its variable, default and meaning) from the settings tree."""
+    from nightshift.settings import settings_reference
+
+    out.write_text(settings_reference())
+    console.print(f"wrote {out}")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default NIGHTSHIFT_API_HOST, 127.0.0.1).")] = None,

@@ -404,3 +404,60 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+
+def settings_reference() -> str:
+    """The configuration page (``docs/configuration.md``): every setting with its environment
+    variable, default and meaning, generated from this tree by ``nightshift config-docs`` so it
+    never drifts (a test compares the committed page with this)."""
+    import annotated_types
+    from pydantic_core import PydanticUndefined
+
+    def default(field: object) -> str:
+        value = getattr(field, "default", None)
+        factory = getattr(field, "default_factory", None)
+        if value is PydanticUndefined and factory is not None:
+            value = factory()
+        if value is None or value == [] or value == {}:
+            return "—"
+        if isinstance(value, SecretStr):
+            return "(secret)"
+        return f"`{value}`"
+
+    def bounds(field: object) -> str:
+        marks = {annotated_types.Ge: ("≥", "ge"), annotated_types.Gt: (">", "gt"), annotated_types.Le: ("≤", "le")}
+        marks[annotated_types.Lt] = ("<", "lt")
+        found = []
+        for meta in getattr(field, "metadata", []):
+            for kind, (sign, attr) in marks.items():
+                if isinstance(meta, kind):
+                    found.append(f"{sign} {getattr(meta, attr)}")
+        return f" ({', '.join(found)})" if found else ""
+
+    def row(env: str, field: object) -> str:
+        text = (getattr(field, "description", None) or "").replace("|", "\\|").replace("\n", " ")
+        return f"| `{env}` | {default(field)} | {text}{bounds(field)} |"
+
+    out = [
+        "# Configuration",
+        "",
+        "Generated from `nightshift/settings.py` by `nightshift config-docs`; a test fails when this page is stale.",
+        "",
+        "Every setting is an environment variable named after its path in the settings tree:",
+        "`NIGHTSHIFT_<GROUP>_<FIELD>` (lists and maps as JSON). Secrets can also come from Prefect blocks.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    groups = []
+    for name, field in Settings.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            groups.append((name, kind))
+        else:
+            out.append(row(f"NIGHTSHIFT_{name.upper()}", field))
+    for name, kind in groups:
+        title = " ".join((kind.__doc__ or "").strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        out += ["", f"## `{name}`: {title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        out += [row(f"NIGHTSHIFT_{name.upper()}_{sub.upper()}", f) for sub, f in kind.model_fields.items()]
+    return "\n".join(out) + "\n"
