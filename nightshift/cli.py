@@ -274,6 +274,36 @@ keys_app = typer.Typer(help="Gateway API keys and tokens.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 
 
+@app.command("ls")
+def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batches, newest first.")] = 20) -> None:
+    """All batches at a glance: id, tier, pool, status, done/total, ETA, risk and cost."""
+    from deployments.pools import load_pools
+    from nightshift.core.jobs import Prices, job_cost
+    from nightshift.storage import ArtifactStore
+    from nightshift.storage.listing import batch_summaries
+
+    settings = Settings()
+    rows = batch_summaries(ArtifactStore.from_config(settings.storage), limit=limit)
+    if not rows:
+        console.print(f"no batches in {settings.storage.root}")
+        return
+    kinds = {p.name: p.kind for p in load_pools()}
+    api = settings.api
+    prices = Prices(
+        input_per_million=api.price_input_per_million,
+        output_per_million=api.price_output_per_million,
+        spot_discount=api.spot_discount,
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("batch", "tier", "pool", "status", "done", "ETA", "risk", "cost $"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=22 if column == "batch" else None)
+    for r in rows:
+        cost = "" if r.usage is None else f"{job_cost(r.usage, pool_kind=kinds.get(r.pool or ''), prices=prices):.4f}"
+        eta = "" if r.eta_seconds is None else f"{r.eta_seconds:.0f}s"
+        table.add_row(r.batch_id, r.tier or "", r.pool or "", r.status, f"{r.done}/{r.total}", eta, r.risk or "", cost)
+    console.print(table)
+
+
 @app.command("config-docs")
 def config_docs(
     out: Annotated[Path, typer.Option(help="Where to write the page.")] = Path("docs/configuration.md"),

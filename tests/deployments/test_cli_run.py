@@ -43,3 +43,9 @@ def test_run_is_quiet_and_joins_the_running_stack(stack, tmp_path):
     runs = httpx.post(f"{joined}/flow_runs/filter", json={"limit": 200}).json()
     assert any(r["parameters"].get("params", {}).get("batch_id") == "quiet-run" for r in runs), joined
     assert joined == stack["env"]["PREFECT_API_URL"]  # the stack's own server, found through its up.json
+
+    listed = subprocess.run([sys.executable, "-m", "nightshift.cli", "ls"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line.split() for line in listed.stdout.splitlines() if line.startswith("quiet-run")]
+    assert row[1] == "premium" and "completed" in row and "7/7" in row, listed.stdout
+    assert all(len(line) <= 80 for line in listed.stdout.splitlines()), listed.stdout
