@@ -24,6 +24,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nightshift.core.errors import OrchestrationError
+from nightshift.core.progress import escalating_risks
 from nightshift.settings import PoolsConfig, SLAConfig
 
 PREEMPTION = "nightshift-preempted-spot-resumes-on-dedicated"
@@ -108,7 +109,8 @@ def sla_automations(
             name="nightshift-sla-at-risk-escalates",
             description="An at-risk spot batch moves to dedicated: finished shards are reused, the spot run is cancelled.",
             trigger=EventTrigger(
-                expect={"nightshift.batch.sla.at-risk"},
+                # The rule is core's (progress.ESCALATIONS): the verdicts that move a batch off spot.
+                expect={f"nightshift.batch.sla.{risk.value}" for risk in escalating_risks("spot")},
                 match={"nightshift.pool": spot_pool},
                 for_each=per_batch,
                 posture=Posture.Reactive,

@@ -217,7 +217,8 @@ class SLAWatch:
         payload = progress_payload(p)
         self.events.emit("progress", payload)
         if p.risk in (Risk.AT_RISK, Risk.BREACHED):
-            self._alert_once("sla.at-risk" if p.risk is Risk.AT_RISK else "sla.breached", payload)
+            # Named after the verdict: the escalation automation listens for core's escalating verdicts.
+            self._alert_once(f"sla.{p.risk.value}", payload)
         return p
 
     def _alert_once(self, name: str, payload: dict[str, Any]) -> None:

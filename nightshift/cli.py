@@ -270,6 +270,76 @@ def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the
     console.print(f"as of {p.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
+@app.command()
+def simulate(
+    scenario: Annotated[Path, typer.Argument(help="Fleet scenario YAML (see examples/fleet/week.yaml).")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json and the PNG plots.")] = Path("fleet-report"),
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="KNOB=v1,v2,... re-runs the policy per value: safety_factor, at_risk_margin, dedicated_gpus, ..."),
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="Write the PNG plots.")] = True,
+) -> None:
+    """Simulate a GPU fleet for a scenario with the product's own placement, SLA watch, escalation,
+    shard resume and queue order; compare with all-dedicated and all-spot; write JSON and plots."""
+    from deployments.pools import load_pools
+    from nightshift.core.jobs import Priority
+    from nightshift.fleet import ScenarioError, load_scenario, run_scenario
+
+    settings = Settings()
+    # Waiting runs start by their work queue's declared priority (pools.yaml), then FIFO.
+    queue_priorities = {
+        pool.kind: {p.value: pool.queues.get(settings.pools.priority_queues.get(p.value, ""), 0) for p in Priority}
+        for pool in load_pools()
+    }
+    try:
+        sc = load_scenario(scenario)
+        knob = None
+        if sweep:
+            name, _, values = sweep.partition("=")
+            try:
+                knob = (name.strip(), [float(v) for v in values.split(",") if v.strip()])
+            except ValueError:
+                raise ScenarioError("values must be numbers: KNOB=v1,v2,...", source="--sweep") from None
+            if not knob[1]:
+                raise ScenarioError("give values: KNOB=v1,v2,...", source="--sweep")
+        with console.status(f"simulating {sc.name}..."):
+            report, runs = run_scenario(sc, base_settings=settings, queue_priorities=queue_priorities, sweep=knob)
+    except ScenarioError as exc:
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    if plots:
+        from nightshift.fleet.plots import write_plots
+
+        write_plots(report, runs, out)
+
+    table = Table(title=f"{report.scenario} · seed {report.seed} · {report.wall_seconds:.1f} s")
+    for col in ("run", "met", "worst tier", "breaches", "cost USD", "GPU util spot/ded", "escalated", "preempted"):
+        table.add_column(col)
+    for name, r in [("policy", report.policy), *report.baselines.items()]:
+        worst = min(r.tiers.items(), key=lambda kv: kv[1].attainment) if r.tiers else None
+        table.add_row(
+            name,
+            f"{r.attainment:.3%}",
+            f"{worst[0]} {worst[1].attainment:.3%}" if worst else "-",
+            str(sum(t.breaches for t in r.tiers.values())),
+            f"{r.cost:,.0f}",
+            f"{r.pools['spot'].utilisation:.0%} / {r.pools['dedicated'].utilisation:.0%}",
+            str(r.escalations),
+            str(r.preempted_runs),
+        )
+    console.print(table)
+    if report.cost_vs_all_dedicated is not None:
+        console.print(f"cost vs all-dedicated: {report.cost_vs_all_dedicated:.2f}", soft_wrap=True)
+    for p in report.sweep:
+        console.print(
+            f"sweep {p['knob']}={p['value']:g}: worst tier {p['min_tier_attainment']:.3%}, cost {p['cost']:,.0f}", soft_wrap=True
+        )
+    console.print(f"report:   {out / 'report.json'}", soft_wrap=True)
+
+
 keys_app = typer.Typer(help="Gateway API keys and tokens.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

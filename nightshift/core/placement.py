@@ -83,6 +83,17 @@ def choose_pool(
     )
 
 
+def queue_order(*, queue_priority: int, scheduled_at: datetime) -> tuple[int, datetime]:
+    """Where a waiting run stands in its pool's line, smallest first: the work queue with the lowest
+    priority number (deployments/pools.yaml), then the earliest scheduled start.
+
+    This is the order Prefect workers take due runs in; nothing else reorders them (no
+    deadline-first), so a run moved to dedicated (preempted or escalated) queues behind the runs
+    already waiting there. The fleet simulator orders its pools with this key.
+    """
+    return queue_priority, scheduled_at
+
+
 class ThroughputSample(BaseModel):
     """One finished batch's engine throughput on a pool."""
 

@@ -83,6 +83,23 @@ class Risk(enum.StrEnum):
     BREACHED = "breached"
 
 
+#: Which verdict on which kind of pool moves a running batch to the dedicated pool. The watch raises
+#: a verdict's event once per batch version (flows/watch.py); the escalation automation is built from
+#: this table (deployments/automations.py) and the fleet simulator asks ``escalates_to_dedicated``.
+#: A breached batch is only alerted: it can no longer make its deadline, and a move costs a restart.
+ESCALATIONS: frozenset[tuple[Risk, str]] = frozenset({(Risk.AT_RISK, "spot")})
+
+
+def escalates_to_dedicated(risk: Risk, pool_kind: str | None) -> bool:
+    """Whether a running batch with verdict ``risk`` on a ``pool_kind`` pool moves to dedicated."""
+    return (risk, pool_kind) in ESCALATIONS
+
+
+def escalating_risks(pool_kind: str) -> set[Risk]:
+    """The verdicts that move a batch off a ``pool_kind`` pool (what its automation listens for)."""
+    return {risk for risk, kind in ESCALATIONS if kind == pool_kind}
+
+
 class SLAWarning(BaseModel):
     """A condition worth an operator's look, independent of the deadline risk."""
 

@@ -41,13 +41,19 @@ def decode_shard(data: bytes) -> list[ValidRequest]:
     return [ValidRequest.model_validate_json(line) for line in data.splitlines() if line.strip()]
 
 
-def plan_shards(requests: Sequence[ValidRequest], shard_size: int) -> list[tuple[ShardSpec, bytes]]:
-    """Cut requests (in input order) into shards of at most ``shard_size``, with their bytes."""
+def shard_bounds(total: int, shard_size: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` request positions of each shard of ``total`` requests, in order: full
+    shards of ``shard_size`` and a shorter last one. A resumed run redoes only the shards missing."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return [(start, min(start + shard_size, total)) for start in range(0, total, shard_size)]
+
+
+def plan_shards(requests: Sequence[ValidRequest], shard_size: int) -> list[tuple[ShardSpec, bytes]]:
+    """Cut requests (in input order) into shards of at most ``shard_size``, with their bytes."""
     shards = []
-    for index, start in enumerate(range(0, len(requests), shard_size)):
-        chunk = requests[start : start + shard_size]
+    for index, (start, stop) in enumerate(shard_bounds(len(requests), shard_size)):
+        chunk = requests[start:stop]
         data = encode_shard(chunk)
         spec = ShardSpec(
             index=index,
