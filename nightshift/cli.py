@@ -288,8 +288,8 @@ def simulate(
 
     settings = Settings()
     # Waiting runs start by their work queue's declared priority (pools.yaml), then FIFO.
-    queue_priorities = {
-        pool.kind: {p.value: pool.queues.get(settings.pools.priority_queues.get(p.value, ""), 0) for p in Priority}
+    queue_priorities: dict[str, dict[str, int]] = {
+        str(pool.kind): {p.value: pool.queues.get(settings.pools.priority_queues.get(p.value, ""), 0) for p in Priority}
         for pool in load_pools()
     }
     try:

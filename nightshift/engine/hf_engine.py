@@ -118,7 +118,8 @@ class TransformersEngine(BaseEngine):
         dtype = getattr(torch, {"half": "float16", "float": "float32", "auto": "float32"}.get(config.dtype, config.dtype))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         model_class = AutoModelForCausalLM if endpoint.is_generative else AutoModel
-        self.model = model_class.from_pretrained(model_path, dtype=dtype, local_files_only=True).to(self.device).eval()
+        loaded = model_class.from_pretrained(model_path, dtype=dtype, local_files_only=True)
+        self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrapper
         self.stop_ids = self._stop_token_ids(model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
         if endpoint.is_generative:
@@ -195,7 +196,9 @@ class TransformersEngine(BaseEngine):
             body = ChatCompletionRequest.model_validate(request.body)
             sampling.refuse_unmatched(body, "the transformers engine")
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            rendered: Any = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             ids = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
             echo = ""
         else:

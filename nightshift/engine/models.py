@@ -207,7 +207,7 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = Qwen2ForCausalLM(config)
-        model = model.to(torch.float32).eval()
+        model = model.to(torch.float32).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrapper
         model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -229,7 +229,7 @@ def _smollm2_package_dir() -> Path:
     candidates = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     try:
         dist = metadata.distribution(SMOLLM2_DISTRIBUTION)
-        candidates.append(Path(dist.locate_file(SMOLLM2_PACKAGE)))
+        candidates.append(Path(str(dist.locate_file(SMOLLM2_PACKAGE))))
     except metadata.PackageNotFoundError:
         pass
     for pkg_dir in candidates:

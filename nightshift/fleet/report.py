@@ -162,7 +162,7 @@ def summarize(run: FleetRun, scenario: Scenario) -> RunResult:
         tiers=tiers,
         cost=sum(p.cost for p in pools.values()),
         provisioned_cost=sum(p["gpus"] * p["price_per_gpu_hour"] for p in run.pools.values()) * horizon / 3600,
-        pools=pools,
+        pools={str(kind): result for kind, result in pools.items()},
         placed_on_spot=sum(b.runs[0].pool == "spot" for b in run.batches if b.runs),
         placed_on_dedicated=sum(b.runs[0].pool == "dedicated" for b in run.batches if b.runs),
         escalations=sum(b.escalated for b in run.batches),

@@ -280,13 +280,15 @@ def read_trace(path: Path, start: datetime) -> list[Arrival]:
         try:
             at = _offset(row.get("submitted_at"), start)
             out.append(
-                Arrival(
-                    name=str(row.get("name") or f"{path.stem}-{n}"),
-                    at=at,
-                    tier=row.get("tier"),
-                    requests=row.get("requests"),
-                    tokens=row.get("tokens") or 0,
-                    priority=row.get("priority") or Priority.NORMAL,
+                Arrival.model_validate(
+                    {
+                        "name": str(row.get("name") or f"{path.stem}-{n}"),
+                        "at": at,
+                        "tier": row.get("tier"),
+                        "requests": row.get("requests"),
+                        "tokens": row.get("tokens") or 0,
+                        "priority": row.get("priority") or Priority.NORMAL,
+                    }
                 )
             )
         except ValidationError as exc:

@@ -347,7 +347,8 @@ class Fleet:
         first, reused = batch.done_shards, batch.done_requests
         # When each remaining shard is written, one after the other on this GPU.
         ends = [start + startup + (stop - reused) / rate for stop in batch.shard_ends[first:]]
-        stop_at, outcome = ends[-1], "finished"
+        outcome: Literal["finished", "preempted", "escalated"] = "finished"
+        stop_at = ends[-1]
         if self.mode == "policy" and pool.kind == "spot":
             escalation = self._watch(batch, pool, start, ends, batch.shard_ends[first:], reused)
             if escalation is not None:
