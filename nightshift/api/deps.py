@@ -37,18 +37,18 @@ class Gateway:
 
     async def file(self, who: Principal, file_id: str) -> File:
         """The caller's org's live file, or OpenAI's 404."""
-        async with self.database.reading() as session:
-            row = await get_file(session, who.org_id, file_id)
-        if row is None:
-            raise ApiError.not_found("File", file_id, "file_id")
-        return row
+        return await self._owned(get_file, who, file_id, "File", "file_id")
 
     async def batch(self, who: Principal, batch_id: str) -> Batch:
         """The caller's org's batch, or OpenAI's 404."""
+        return await self._owned(get_batch, who, batch_id, "Batch", "batch_id")
+
+    async def _owned(self, get: Callable[..., Awaitable[Any]], who: Principal, object_id: str, kind: str, param: str) -> Any:
+        # Another org's object is "not found" too: ids never reveal what exists elsewhere.
         async with self.database.reading() as session:
-            row = await get_batch(session, who.org_id, batch_id)
+            row = await get(session, who.org_id, object_id)
         if row is None:
-            raise ApiError.not_found("Batch", batch_id, "batch_id")
+            raise ApiError.not_found(kind, object_id, param)
         return row
 
     async def current(self, who: Principal, batch_id: str) -> tuple[Batch, dict[str, Any] | None]:
