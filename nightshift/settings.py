@@ -405,6 +405,19 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @model_validator(mode="after")
+    def _defaults_follow_home(self) -> Settings:
+        """``NIGHTSHIFT_HOME`` moves everything that defaults under ``.nightshift/``: the store and
+        the gateway database follow it unless set themselves (models, Prefect, logs and alerts are
+        built from ``home`` where they are used)."""
+        if self.home == DEFAULT_HOME:
+            return self
+        if "root" not in self.storage.model_fields_set:
+            self.storage = self.storage.model_copy(update={"root": str(self.home / "store")})
+        if "database_url" not in self.api.model_fields_set:
+            self.api = self.api.model_copy(update={"database_url": f"sqlite+aiosqlite:///{self.home / 'gateway.db'}"})
+        return self
+
 
 def settings_reference() -> str:
     """The configuration page (``docs/configuration.md``): every setting with its environment
