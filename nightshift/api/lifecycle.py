@@ -280,7 +280,7 @@ class BatchLifecycle:
             rows = await db.unfinished_batches(session)
         for row in rows:
             try:
-                await self.sync(row, fresh=True)
+                await self.sync(row)  # a batch a client or an event stepped just now is not read again
             except Exception:  # noqa: BLE001 - one bad batch must not stop the others
                 log.exception("could not follow batch %s", row.id)
         async with self.database.session() as session:
