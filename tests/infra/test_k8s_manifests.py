@@ -23,7 +23,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from k8s import tolerates
+from k8s import as_submitted, declared_pools, load_template, main_container, render, template_path, tolerates
 from raycluster_schema import K8S_DEFINITIONS, RAYCLUSTER_V1_SCHEMA
 from referencing import Registry, Resource
 
@@ -68,14 +68,19 @@ def _pins() -> dict[str, str]:
     return {re.split(r"[\[=]", d)[0].lower(): d.split("==")[1] for d in deps if "==" in d}
 
 
+def _template_default(variable: str) -> str:
+    """A variable's default, the same in every pool's template."""
+    found = {load_template(pool)["variables"]["properties"][variable]["default"] for pool in declared_pools()}
+    assert len(found) == 1, (variable, found)
+    return found.pop()
+
+
 def _template_default_image() -> str:
-    template = json.loads((K8S_DIR / "gpu-spot.base-job-template.json").read_text())
-    return template["variables"]["properties"]["image"]["default"]
+    return _template_default("image")
 
 
 def _template_default_namespace() -> str:
-    template = json.loads((K8S_DIR / "gpu-spot.base-job-template.json").read_text())
-    return template["variables"]["properties"]["namespace"]["default"]
+    return _template_default("namespace")
 
 
 def _containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
@@ -207,8 +212,8 @@ def test_the_spot_ray_address_names_the_raycluster_head_service():
 
 # -- Prefect workers ----------------------------------------------------------------------------
 def _kubernetes_pools() -> list[str]:
-    pools = yaml.safe_load((ROOT / "deployments" / "pools.yaml").read_text())["pools"]
-    return [name for name, spec in pools.items() if spec.get("kubernetes_base_job_template")]
+    """Every declared pool with a kubernetes template (where pools.yaml names it, or is to name it)."""
+    return [name for name in declared_pools() if template_path(name).is_file()]
 
 
 def _worker_for(pool: str) -> dict[str, Any]:
@@ -221,13 +226,13 @@ def _worker_for(pool: str) -> dict[str, Any]:
     return workers[0]
 
 
-def test_every_kubernetes_pool_has_a_worker():
-    assert set(_kubernetes_pools()) == {"gpu-spot", "gpu-dedicated"}
+def test_every_pool_has_a_kubernetes_template_and_a_worker():
+    assert set(_kubernetes_pools()) == set(declared_pools()) >= {"gpu-spot", "gpu-dedicated", "nightshift-ops"}
     for pool in _kubernetes_pools():
         _worker_for(pool)
 
 
-@pytest.mark.parametrize("pool", ["gpu-spot", "gpu-dedicated"])
+@pytest.mark.parametrize("pool", _kubernetes_pools())
 def test_worker_runs_the_pinned_prefect_as_a_kubernetes_worker(pool):
     container = _containers(_worker_for(pool)["spec"]["template"])[0]
     args = container["args"]
@@ -239,7 +244,7 @@ def test_worker_runs_the_pinned_prefect_as_a_kubernetes_worker(pool):
     assert ">=3.11" in requires
 
 
-@pytest.mark.parametrize("pool", ["gpu-spot", "gpu-dedicated"])
+@pytest.mark.parametrize("pool", _kubernetes_pools())
 def test_worker_reads_its_api_url_and_ray_addresses_from_the_configmap(pool):
     config = _one("ConfigMap", "nightshift-config")
     env = _env(_containers(_worker_for(pool)["spec"]["template"])[0])
@@ -249,7 +254,7 @@ def test_worker_reads_its_api_url_and_ray_addresses_from_the_configmap(pool):
     assert config["data"]["PREFECT_API_URL"].endswith("/api")
 
 
-@pytest.mark.parametrize("pool", ["gpu-spot", "gpu-dedicated"])
+@pytest.mark.parametrize("pool", _kubernetes_pools())
 def test_worker_may_create_and_follow_jobs_in_its_namespace(pool):
     worker = _worker_for(pool)
     namespace = worker["metadata"]["namespace"]
@@ -286,6 +291,57 @@ def test_deployments_are_registered_with_the_configmap_ray_addresses():
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     used = {v for d in deployments for v in re.findall(r"\{\{\s*\$(\w+)\s*\}\}", json.dumps(d.get("work_pool", {})))}
     assert used and used <= set(config), used - set(config)
+
+
+# -- flow-run pods -------------------------------------------------------------------------------
+@pytest.mark.parametrize("pool", _kubernetes_pools())
+def test_flow_run_pods_take_the_configmap_and_storage_secret_the_cluster_uses(pool):
+    """The flow run reads the same store, Pushgateway and Ray auth mode as the gateway and the Ray pods."""
+    env_from = main_container(as_submitted(render(load_template(pool))))["envFrom"]
+    config = _one("ConfigMap", "nightshift-config")
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in env_from
+    gateway = _containers(_one("Deployment", "nightshift-gateway")["spec"]["template"])[0]
+    storage = [e for e in gateway["envFrom"] if "secretRef" in e]
+    assert storage and storage[0] in env_from and storage[0]["secretRef"]["optional"] is True
+    for name in ("NIGHTSHIFT_STORAGE_ROOT", "NIGHTSHIFT_METRICS_PUSHGATEWAY_URL", "RAY_AUTH_MODE"):
+        assert config["data"][name], name
+
+
+def _registered_job_variables(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's job variables as the register Job's `prefect deploy` resolves them (ConfigMap as env)."""
+    config = _one("ConfigMap", "nightshift-config")["data"]
+    text = json.dumps(deployment.get("work_pool", {}).get("job_variables", {}))
+    return json.loads(re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: config[m.group(1)], text))
+
+
+def _gpu_deployments() -> list[dict[str, Any]]:
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    kinds = {name: spec["kind"] for name, spec in declared_pools().items()}
+    return [d for d in deployments if kinds.get(d.get("work_pool", {}).get("name")) in ("spot", "dedicated")]
+
+
+@pytest.mark.parametrize("deployment", _gpu_deployments(), ids=lambda d: d["name"])
+def test_a_flow_run_pod_requests_gpus_only_when_its_engine_runs_inside_it(deployment):
+    """Driving a Ray cluster, the pod is a Ray client: the engine's GPU is on a Ray worker. Else it brings its own."""
+    pool = deployment["work_pool"]["name"]
+    config = render(load_template(pool), _registered_job_variables(deployment))
+    container = main_container(as_submitted(config))
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert gpus == container["resources"]["requests"]["nvidia.com/gpu"]
+    if config.env["NIGHTSHIFT_RAY_ADDRESS"]:
+        assert gpus == 0, f"{deployment['name']} drives {config.env['NIGHTSHIFT_RAY_ADDRESS']} but its pod asks for {gpus} GPUs"
+    else:
+        assert gpus >= float(config.env["NIGHTSHIFT_ENGINE_NUM_GPUS"]) > 0, deployment["name"]
+
+
+def test_spot_runs_drive_the_raycluster():
+    """Why the spot pool's pods request no GPU: its deployment is registered with the RayCluster's address."""
+    spot = [d for d in _gpu_deployments() if declared_pools()[d["work_pool"]["name"]]["kind"] == "spot"]
+    assert spot
+    for deployment in spot:
+        config = render(load_template(deployment["work_pool"]["name"]), _registered_job_variables(deployment))
+        head = f"ray://{_one('RayCluster')['metadata']['name']}-head-svc:"
+        assert config.env["NIGHTSHIFT_RAY_ADDRESS"].startswith(head), deployment["name"]
 
 
 # -- the gateway --------------------------------------------------------------------------------
