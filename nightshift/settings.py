@@ -258,6 +258,12 @@ class ApiConfig(BaseModel):
         description="A batch polled again within this many seconds is answered from its last step (one store read per "
         "batch per interval, whatever the number of clients).",
     )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Seconds an authenticated API key is remembered (a revoked key stops working within this); 0: never.",
+    )
     max_json_body_bytes: int = Field(
         default=8 * 1024**2, ge=1_024, le=256 * 1024**2, description="Bytes a JSON request body may have (batches, jobs)."
     )

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from nightshift.api import db, metrics
-from nightshift.api.deps import Downloader, Gateway
+from nightshift.api.deps import Downloader, Gateway, KeyCache
 from nightshift.api.errors import install_error_handlers
 from nightshift.api.lifecycle import BatchLifecycle, WebhookSender
 from nightshift.api.middleware import GatewayMiddleware
@@ -85,6 +85,7 @@ def create_app(
         lifecycle=lifecycle,
         download=download or urls.https_downloader(settings),
         windows=completion_windows(settings.sla.hours()),
+        keys=KeyCache(settings.api.key_cache_seconds),
     )
     events = batch_events or (prefect_batch_events if prefect else None)
     every = settings.api.track_seconds if track_every is None else track_every

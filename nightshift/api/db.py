@@ -8,6 +8,8 @@ not commit: the session owner (``Database.session``) commits once per unit of wo
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +53,9 @@ UNFINISHED_STATUSES: tuple[str, ...] = tuple(UNFINISHED)
 
 #: ``webhook_status`` while one gateway delivers it (claimed by compare-and-set).
 WEBHOOK_SENDING = "sending"
+
+#: True inside a write session of this task: a nested session must not wait for the lock it holds.
+_HOLDS_WRITE_LOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("nightshift_holds_write_lock", default=False)
 
 #: Seconds a SQLite connection waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -336,6 +341,11 @@ class Database:
             _configure_sqlite(self.read_engine, begin="BEGIN")
         # expire_on_commit=False: handlers render objects after the commit, and async cannot lazy-load.
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in SQLite's
+        # busy handler (steps of up to 100 ms): under fifty concurrent requests that is the whole
+        # latency tail. Writers of this process queue on an asyncio lock instead and take the file
+        # lock at once; other processes still wait on the busy timeout.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
@@ -346,13 +356,23 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for one unit of work: committed when the block ends, rolled back if it raises."""
-        async with self._sessions() as session:
-            try:
-                yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+        lock = self._write_lock if self._write_lock is not None and not _HOLDS_WRITE_LOCK.get() else None
+        if lock is not None:
+            await lock.acquire()
+        token = _HOLDS_WRITE_LOCK.set(True) if lock is not None else None
+        try:
+            async with self._sessions() as session:
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
+        finally:
+            if token is not None:
+                _HOLDS_WRITE_LOCK.reset(token)
+            if lock is not None:
+                lock.release()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:

@@ -4,6 +4,7 @@ the caller is known, so an anonymous client never makes the gateway read its bod
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -24,6 +25,31 @@ M = TypeVar("M", bound=BaseModel)
 Downloader = Callable[[str], Any]
 
 
+class KeyCache:
+    """API keys recently authenticated, for ``ttl`` seconds: a poll loop of one client costs one key
+    lookup per interval, not one per request. A revoked key stops working within ``ttl`` seconds
+    (JWTs are not cached: their expiry and revocation are checked on every call)."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, authorization: str | None) -> Principal | None:
+        """The cached principal of this header, if it is an API key seen less than ``ttl`` ago."""
+        found = self._entries.get(authorization or "")
+        if found is None or time.monotonic() - found[0] > self.ttl:
+            return None
+        return found[1]
+
+    def put(self, authorization: str | None, who: Principal) -> None:
+        """Remember an API key's principal (JWTs and an empty ttl are never kept)."""
+        if self.ttl <= 0 or not authorization or who.key_id is None or who.key_id.startswith("jwt:"):
+            return
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # rare; a bounded map beats an unbounded one
+        self._entries[authorization] = (time.monotonic(), who)
+
+
 @dataclass
 class Gateway:
     """What the routes work with; built once by ``create_app`` (collaborators passed in there)."""
@@ -34,6 +60,7 @@ class Gateway:
     lifecycle: BatchLifecycle
     download: Downloader
     windows: dict[str, float]
+    keys: KeyCache
 
     async def file(self, who: Principal, file_id: str) -> File:
         """The caller's org's live file, or OpenAI's 404."""
@@ -76,8 +103,13 @@ Gw = Annotated[Gateway, Depends(_gateway)]
 async def _principal(request: Request, gw: Gw, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The caller, authenticated and counted against its org's hourly limit (its own session, so
     the call counts even if the handler fails later); the budget goes out as headers."""
+    who = gw.keys.get(authorization)
+    if who is None:
+        # Reading who it is needs no write lock; only the counter below writes.
+        async with gw.database.reading() as session:
+            who = await authenticate(session, authorization, gw.settings.api)
+        gw.keys.put(authorization, who)
     async with gw.database.session() as session:
-        who = await authenticate(session, authorization, gw.settings.api)
         request.state.rate_budget = await check_rate_limit(session, who, gw.settings.api)
     return who
 

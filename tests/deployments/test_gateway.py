@@ -34,6 +34,7 @@ def gateway(stack, tmp_path_factory):
         "NIGHTSHIFT_API_WEBHOOK_ALLOW_HTTP": "true",
         "NIGHTSHIFT_API_EGRESS_ALLOWED_HOSTS": '["127.0.0.1"]',
         "NIGHTSHIFT_API_TRACK_SECONDS": "2",
+        "NIGHTSHIFT_API_KEY_CACHE_SECONDS": "1",
     }
     acme = _cli(env, "keys", "create", "--org", "acme", "--tier", "premium").strip().splitlines()[-1]
     globex = _cli(env, "keys", "create", "--org", "globex", "--tier", "free").strip().splitlines()[-1]
@@ -181,8 +182,15 @@ def test_tokens_limits_and_rate_limits(gateway, tmp_path):
     key = _cli(env, "keys", "create", "--org", "acme", "--name", "short-lived").strip().splitlines()[-1]
     _client(gateway, api_key=key).files.list()
     _cli(env, "keys", "revoke", key[:12])
-    with pytest.raises(openai.AuthenticationError):
-        _client(gateway, api_key=key).files.list()
+    # A revoked key stops working within NIGHTSHIFT_API_KEY_CACHE_SECONDS (1 s here).
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _client(gateway, api_key=key).files.list()
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() < deadline, "a revoked key still works"
+        time.sleep(0.2)
 
     big = tmp_path / "big.jsonl"
     write_batch(big, 101)
