@@ -97,7 +97,7 @@ def serve(home: str, port: int) -> None:
         storage=StorageConfig(root=f"{home}/store"),
         api=ApiConfig(database_url=f"sqlite+aiosqlite:///{home}/gateway.db", enterprise_requests_per_hour=10**7),
     )
-    app = create_app(settings, orchestrator=EmulatedRuns(settings.storage.root), track_every=float(os.environ.get("BENCH_TRACK_EVERY", "10")))
+    app = create_app(settings, orchestrator=EmulatedRuns(settings.storage.root), track_every=10)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
