@@ -52,6 +52,7 @@ test: sysdeps setup
 
 lint: setup
 	$(VENV)/bin/ruff check nightshift flows tasks blocks tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 bench: setup

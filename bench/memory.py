@@ -159,6 +159,7 @@ def main() -> None:
             "NIGHTSHIFT_HOME": str(work / "home"),
             "NIGHTSHIFT_RAY_ADDRESS": ray_address,
             "NIGHTSHIFT_ENGINE_MODEL": str(model),
+            "NIGHTSHIFT_ENGINE_SERVED_MODEL_NAME": "tiny",  # the name its lines use
             "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
             "NIGHTSHIFT_STORAGE_ROOT": str(work / "store"),
             "NIGHTSHIFT_STORAGE_SHARD_SIZE": str(args.shard_size),

@@ -35,6 +35,12 @@ _SAME_PARAMS = {
     "__prefect_kind": "json",
     "value": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters['params'] | tojson }}"},
 }
+#: The product's part of them (placement, submitted_at, drills; see core.runs.BatchRunContext), so
+#: the moved run keeps the deadline; null when the run had none.
+_SAME_CONTEXT = {
+    "__prefect_kind": "json",
+    "value": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters.get('context') | tojson }}"},
+}
 
 
 #: An explicit Jinja kind: Prefect wraps a bare "{{ flow_run.id }}" in ``| tojson``, which fails
@@ -65,7 +71,7 @@ def preemption_automation(spot_deployment_id: str, dedicated_deployment_id: str)
             RunDeployment(
                 source="selected",
                 deployment_id=dedicated_deployment_id,
-                parameters={"params": _SAME_PARAMS, "resumed_from": _CRASHED_RUN_ID},
+                parameters={"params": _SAME_PARAMS, "context": _SAME_CONTEXT, "resumed_from": _CRASHED_RUN_ID},
             )
         ],
     )
@@ -120,7 +126,7 @@ def sla_automations(
                 RunDeployment(
                     source="selected",
                     deployment_id=dedicated_deployment_id,
-                    parameters={"params": _SAME_PARAMS, "resumed_from": _CRASHED_RUN_ID},
+                    parameters={"params": _SAME_PARAMS, "context": _SAME_CONTEXT, "resumed_from": _CRASHED_RUN_ID},
                 ),
                 CancelFlowRun(),
             ],

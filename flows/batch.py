@@ -17,12 +17,13 @@ from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 from prefect_ray.task_runners import RayTaskRunner
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.storage import resolve_storage
 from flows.watch import BatchEvents, SLAWatch, alert_once
 from nightshift.core.artifacts import Manifest, RequestCounts
 from nightshift.core.protocol import Endpoint, Usage
-from nightshift.core.runs import BatchRunParameters, default_batch_id
+from nightshift.core.runs import BatchRunContext, BatchRunParameters, FaultInjection, default_batch_id
 from nightshift.core.sla import SLAReport, deadline_for
 from nightshift.engine.runner import EngineSpec, ray_init_kwargs
 from nightshift.settings import Settings
@@ -81,6 +82,18 @@ def _work_pool() -> str | None:
         return client.read_flow_run(UUID(run_id)).work_pool_name
 
 
+def _capacity(settings: Settings) -> str | None:
+    """spot or dedicated: the capacity of the deployment this run came from, as ``settings.pools``
+    names them (None when the flow is called directly, or from another deployment)."""
+    from prefect.runtime import deployment
+
+    if deployment.name is None:
+        return None
+    pools = settings.pools
+    kinds = {pools.spot_deployment: "spot", pools.dedicated_deployment: "dedicated"}
+    return kinds.get(f"{flow_run.flow_name}/{deployment.name}")
+
+
 def _terminate_on_sigterm() -> None:
     """Let SIGTERM end this process as it normally would.
 
@@ -99,33 +112,44 @@ def _terminate_on_sigterm() -> None:
     task_runner=build_task_runner(Settings()),
     persist_result=False,
 )
-def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -> BatchRunResult:
+def process_batch(
+    params: BatchRunParameters,
+    context: SkipJsonSchema[BatchRunContext | None] = None,
+    resumed_from: SkipJsonSchema[str | None] = None,
+) -> BatchRunResult:
     """validate → shard → infer → publish → check SLA → report, for one batch file.
+
+    Only ``params`` is on the deployment's form: what a user decides. The other two are the
+    product's and are left out of the form's schema (``SkipJsonSchema``); the code that starts the
+    run fills them in.
 
     Args:
         params: What to run: the batch file, its tier and deadline, and optional overrides.
-        resumed_from: Leave empty. Set by the automations that move a batch to the dedicated pool
-            (a spot run crashed, or was cancelled as at risk): the id of the flow run this one takes
-            over. Its finished shards are reused, since the batch version is the same.
+        context: Set by ``submit_batch``, retry-failed and the automations: placement, the time the
+            deadline counts from, lineage and operator drills.
+        resumed_from: Set by the automations that move a batch to the dedicated pool (a spot run
+            crashed, or was cancelled as at risk): the id of the flow run this one takes over. Its
+            finished shards are reused, since the batch version is the same.
     """
     log = get_run_logger()
     _terminate_on_sigterm()
     settings = Settings()
     configure_logging(settings.log)
     pool = _work_pool()
-    submitted_at = params.submitted_at or datetime.now(UTC)
+    context = context or BatchRunContext()
+    submitted_at = context.submitted_at or datetime.now(UTC)
     deadline = params.deadline or deadline_for(submitted_at, params.tier, settings.sla.hours())
     batch_id = params.batch_id or default_batch_id(params.input_uri)
     events = BatchEvents(flow_run_id=flow_run.get_id(), batch_id=batch_id, tier=params.tier.value, pool=pool, deadline=deadline)
     events.start({"input_uri": params.input_uri, "submitted_at": submitted_at.isoformat(), "resumed_from": resumed_from})
-    if params.placement is not None:
-        log.info("placed on %s (%s): %s", params.placement.pool, params.placement.kind, params.placement.reason)
+    if context.placement is not None:
+        log.info("placed on %s (%s): %s", context.placement.pool, context.placement.kind, context.placement.reason)
     if resumed_from:
         log.info("taking over the batch of flow run %s on pool %s", resumed_from, pool)
     metrics = BatchMetrics(batch_id=batch_id, pool=pool, tier=params.tier.value, config=settings.metrics)
     try:
         with log_context(batch_id=batch_id, flow_run_id=flow_run.get_id()):
-            result = _process(params, settings, batch_id, submitted_at, deadline, pool, events, metrics)
+            result = _process(params, context, settings, batch_id, submitted_at, deadline, pool, events, metrics)
     except BaseException as exc:
         metrics.failed()
         metrics.push()
@@ -149,6 +173,7 @@ def process_batch(params: BatchRunParameters, resumed_from: str | None = None) -
 
 def _process(
     params: BatchRunParameters,
+    context: BatchRunContext,
     settings: Settings,
     batch_id: str,
     submitted_at: datetime,
@@ -177,7 +202,15 @@ def _process(
 
         t = time.perf_counter()
         batch = validate_input.submit(
-            params.input_uri, batch_id, params.endpoint, model.source, model.sha256, engine_cfg, settings.limits, storage
+            params.input_uri,
+            batch_id,
+            params.endpoint,
+            model.source,
+            model.sha256,
+            engine_cfg,
+            settings.limits,
+            storage,
+            served_model=model.name,  # a line naming another model is an error line, never answered by this one
         ).result()
         timings["validate_s"] = time.perf_counter() - t
         paths = store.batch(batch_id, batch.version)
@@ -221,8 +254,9 @@ def _process(
             )
             t = time.perf_counter()
             with watch:
+                drill = context.drill or FaultInjection()
                 inference = run_inference.submit(
-                    storage, batch_id, batch.version, plan.shards, spec, params.fail_after_shards, params.slow_shards_seconds
+                    storage, batch_id, batch.version, plan.shards, spec, drill.fail_after_shards, drill.slow_shards_seconds
                 ).result()
             timings["infer_s"] = busy = time.perf_counter() - t
             engine_requests = inference.engine_requests
@@ -242,7 +276,7 @@ def _process(
                 engine_cfg.output_params(),
                 created_at,
                 timings,
-                params.parent,
+                context.parent,
                 watch.latest,
             ).result()
 
@@ -253,7 +287,12 @@ def _process(
             # Finished, but late: the watch saw no pending work past the deadline, so say it here.
             alert_once(store, paths, events, "sla.breached", {"version": batch.version, "slack_seconds": sla.slack_seconds})
         try:
-            report_batch.submit(storage, manifest, sla, pool, batch.published, engine_requests).result()
+            api = settings.api
+            prices = api.prices()
+            capacity = _capacity(settings)
+            report_batch.submit(
+                storage, manifest, sla, pool, batch.published, engine_requests, prices, capacity, api.results_url_seconds
+            ).result()
         except Exception:  # noqa: BLE001 - the results are published; a missing UI view must not fail the batch
             log.exception("could not publish the run's artifacts")
         metrics.finish(manifest, duration_seconds=time.perf_counter() - started, slack_seconds=sla.slack_seconds)

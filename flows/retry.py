@@ -9,7 +9,7 @@ from blocks.storage import resolve_storage
 from flows.batch import BatchRunResult, process_batch
 from nightshift.core.errors import BatchFileError
 from nightshift.core.lineage import Lineage, failed_lines, select_lines
-from nightshift.core.runs import BatchRunParameters
+from nightshift.core.runs import BatchRunContext, BatchRunParameters
 from nightshift.core.sla import Tier
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
@@ -45,6 +45,6 @@ def retry_failed(params: RetryParameters) -> BatchRunResult:
             batch_id=f"{parent.batch_id}-retry",
             tier=params.tier,
             endpoint=parent.endpoint,
-            parent=Lineage(parent_batch_id=parent.batch_id, parent_version=parent.version, relation="retry-failed"),
-        )
+        ),
+        BatchRunContext(parent=Lineage(parent_batch_id=parent.batch_id, parent_version=parent.version, relation="retry-failed")),
     )

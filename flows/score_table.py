@@ -1,19 +1,27 @@
 """score-table: a recurring scoring job. Validate the table, score only new or changed rows
-through process-batch (the same inference path, placement pool and SLA tier as any batch), carry
-the rest over from the previous version, publish a versioned Parquet table."""
+through process-batch (the same inference path, placement and SLA tier as any batch), carry the
+rest over from the previous version, publish a versioned Parquet table.
+
+Run as a deployment (the nightly one), the rows to score go through ``submit_batch`` like any
+batch: placed on spot or dedicated by the tier's deadline, run there as this run's subflow. Called
+directly (``nightshift score``, tests), they run in-process, as ``nightshift run`` does.
+"""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import deployment
 from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
 from flows.batch import process_batch
+from nightshift.api.submit import follow_batch, submit_batch
+from nightshift.core.errors import OrchestrationError
 from nightshift.core.protocol import Endpoint
 from nightshift.core.runs import BatchRunParameters
 from nightshift.core.scoring import ScoringJob
 from nightshift.core.sla import Tier
-from nightshift.settings import Settings
+from nightshift.settings import Settings, StorageConfig
 from nightshift.storage import ArtifactStore
 from nightshift.storage.io import read_uri
 from tasks.model import resolve_model_task
@@ -66,14 +74,32 @@ def score_table(params: ScoreParameters) -> ScoringManifest:
         )
     output = errors = batch_manifest = None
     if prep.requests_uri:
-        result = process_batch(
-            BatchRunParameters(
-                input_uri=prep.requests_uri,
-                batch_id=f"score-{job.name}",
-                tier=params.tier or job.tier,
-                endpoint=Endpoint.CHAT_COMPLETIONS,
-                model=job.model,
-            )
+        batch = BatchRunParameters(
+            input_uri=prep.requests_uri,
+            batch_id=f"score-{job.name}",
+            tier=params.tier or job.tier,
+            endpoint=Endpoint.CHAT_COMPLETIONS,
+            model=job.model,
         )
-        output, errors, batch_manifest = result.output_uri, result.error_uri, result.manifest_uri
+        if deployment.id is not None:  # a deployment run (the nightly one), not a direct call
+            output, errors, batch_manifest = _placed(batch, settings, storage)
+        else:
+            result = process_batch(batch)
+            output, errors, batch_manifest = result.output_uri, result.error_uri, result.manifest_uri
     return publish_scores(storage, job, prep, model.name, output, errors, batch_manifest)
+
+
+def _placed(batch: BatchRunParameters, settings: Settings, storage: StorageConfig) -> tuple[str, str, str]:
+    """Send the rows to score through placement (the path every batch takes); wait for them,
+    across a move from spot to dedicated; return the output, error and manifest URIs."""
+    log = get_run_logger()
+    fields = batch.model_dump(exclude={"input_uri", "tier"}, exclude_none=True)
+    sub = submit_batch(batch.input_uri, tier=batch.tier, settings=settings, as_subflow=True, **fields)
+    log.info("scoring batch %s → %s (%s): %s", sub.batch_id, sub.placement.pool, sub.placement.kind, sub.placement.reason)
+    final = follow_batch(sub.flow_run_id, timeout=24 * 3600)[-1]
+    if final.state is None or not final.state.is_completed():
+        raise OrchestrationError(f"the scoring batch {sub.batch_id} ended {final.state.name if final.state else 'unknown'}")
+    store = ArtifactStore.from_config(storage)
+    manifest = store.published(sub.batch_id)[-1]
+    paths = store.batch(manifest.batch_id, manifest.version)
+    return manifest.output_file.path, manifest.error_file.path, store.uri(paths.manifest)

@@ -348,7 +348,7 @@ app.add_typer(keys_app, name="keys")
 def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batches, newest first.")] = 20) -> None:
     """All batches at a glance: id, tier, pool, status, done/total, ETA, risk and cost."""
     from deployments.pools import load_pools
-    from nightshift.core.jobs import Prices, job_cost
+    from nightshift.core.jobs import job_cost
     from nightshift.storage import ArtifactStore
     from nightshift.storage.listing import batch_summaries
 
@@ -359,11 +359,7 @@ def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batche
         return
     kinds = {p.name: p.kind for p in load_pools()}
     api = settings.api
-    prices = Prices(
-        input_per_million=api.price_input_per_million,
-        output_per_million=api.price_output_per_million,
-        spot_discount=api.spot_discount,
-    )
+    prices = api.prices()
     table = Table(box=None, pad_edge=False)
     for column in ("batch", "tier", "pool", "status", "done", "ETA", "risk", "cost $"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=22 if column == "batch" else None)
@@ -670,7 +666,9 @@ def submit(
 
     settings = Settings()
     with _stack_api(settings) as api:
-        extra = {k: v for k, v in {"batch_id": batch_id, "model": model, "shard_size": shard_size}.items() if v is not None}
+        extra: dict[str, Any] = {
+            k: v for k, v in {"batch_id": batch_id, "model": model, "shard_size": shard_size}.items() if v is not None
+        }
         sub = submit_batch(file, tier=tier, settings=settings, **extra)
         p = sub.placement
         console.print(

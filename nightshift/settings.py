@@ -8,10 +8,13 @@ models (or plain values taken from them) as arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from nightshift.core.jobs import Prices
 
 DEFAULT_HOME = Path(".nightshift")
 
@@ -328,6 +331,16 @@ class ApiConfig(BaseModel):
     def s3_prefixes_for(self, org_id: str, org_name: str | None = None) -> list[str]:
         """The s3 prefixes an org may read, listed under its id or its name."""
         return [*self.s3_input_prefixes.get(org_id, []), *(self.s3_input_prefixes.get(org_name, []) if org_name else [])]
+
+    def prices(self) -> Prices:
+        """The token prices a job's cost is computed with."""
+        from nightshift.core.jobs import Prices
+
+        return Prices(
+            input_per_million=self.price_input_per_million,
+            output_per_million=self.price_output_per_million,
+            spot_discount=self.spot_discount,
+        )
 
     def requests_per_hour(self) -> dict[str, int]:
         """Tier name → API calls per key per hour."""

@@ -6,12 +6,14 @@ including one that reuses an already published version (publish-results does not
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 
 from nightshift.core.artifacts import Manifest
+from nightshift.core.jobs import Prices, job_cost
 from nightshift.core.protocol import BatchRequestOutput
 from nightshift.core.report import artifact_key, error_rows, output_rows, summary_markdown
 from nightshift.core.sla import SLAReport
@@ -30,9 +32,14 @@ def report_batch(
     pool: str | None,
     reused: bool,
     engine_requests: int,
+    prices: Prices | None = None,
+    capacity: str | None = None,
+    link_seconds: int = 3600,
 ) -> list[str]:
     """Publish the batch's summary, first-outputs and error-count artifacts; return their keys.
 
+    The summary links the output and error files (presigned for ``link_seconds`` on an object
+    store) and, given ``prices``, shows what the tokens cost on ``capacity`` (spot or dedicated).
     The output file is read only up to its first rows; the error file is streamed line by line,
     since a bad input can make it as long as the batch.
     """
@@ -42,12 +49,28 @@ def report_batch(
     # Descriptions are what the run's Artifacts tab shows on each card: the news first.
     verdict = "SLA met" if sla.met else "SLA BREACHED"
 
+    links = {
+        "output": store.sign(manifest.output_file.path, link_seconds),
+        "errors": store.sign(manifest.error_file.path, link_seconds),
+    }
+    # A local store has no presigning: its links are plain file URLs that do not expire.
+    presigned = not all(link.startswith("file://") for link in links.values())
+    expires = datetime.now(UTC) + timedelta(seconds=link_seconds) if presigned else None
     summary = artifact_key(manifest.batch_id, "summary")
     create_markdown_artifact(
         key=summary,
         description=f"{counts.completed}/{counts.total} completed, {counts.failed} failed · {verdict}",
         markdown=summary_markdown(
-            manifest, sla, manifest_uri=store.uri(paths.manifest), pool=pool, reused=reused, engine_requests=engine_requests
+            manifest,
+            sla,
+            manifest_uri=store.uri(paths.manifest),
+            pool=pool,
+            reused=reused,
+            engine_requests=engine_requests,
+            downloads=links,
+            downloads_expire_at=expires,
+            cost_usd=None if prices is None else job_cost(manifest.usage.model_dump(), pool_kind=capacity, prices=prices),
+            capacity=capacity,
         ),
     )
     with store.fs.open(paths.output, "rb") as f:

@@ -39,6 +39,7 @@ def validate_input(
     engine: EngineConfig,
     limits: LimitsConfig,
     storage: StorageConfig,
+    served_model: str | None = None,
 ) -> ValidatedBatch:
     """Check every line of the batch file; stage valid requests and error rows under its version."""
     store = ArtifactStore.from_config(storage)
@@ -52,6 +53,7 @@ def validate_input(
         endpoint=endpoint,
         max_model_len=engine.max_model_len,
         count_tokens=build_token_counter(model_path),
+        served_model=served_model,
     )
     input_sha = sha256_bytes(data)
     version = compute_version(

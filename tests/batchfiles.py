@@ -31,6 +31,22 @@ BAD_LINES: dict[str, str] = {
     "bad_body": json.dumps(
         {"custom_id": "bad-body", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "prompt": "hi"}}
     ),
+    "unknown_model": json.dumps(
+        {
+            "custom_id": "other-model",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "NonExistModel", "messages": [{"role": "user", "content": "hi"}]},
+        }
+    ),
+    "stream": json.dumps(
+        {
+            "custom_id": "streamed",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": "True"},
+        }
+    ),
     "missing_custom_id": json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}),
     "too_long": json.dumps(
         {

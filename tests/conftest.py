@@ -166,6 +166,8 @@ def engine_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path, store_root: st
     """Settings for a flow run on the tiny model, as a deployment would set them (environment)."""
     env = {
         "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
+        # The name the test batch lines use (tests/batchfiles.py): a line naming another model is refused.
+        "NIGHTSHIFT_ENGINE_SERVED_MODEL_NAME": "tiny",
         "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": str(TEST_MAX_MODEL_LEN),
         "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
         "NIGHTSHIFT_STORAGE_ROOT": store_root,

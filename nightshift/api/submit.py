@@ -1,8 +1,9 @@
 """Submit a batch: count it, read both pools' state from Prefect, place it, run the deployment.
 
-``submit_batch`` is the one code path behind ``nightshift submit``, the Python API and (later)
-the HTTP gateway: placement is decided here, then ``run_deployment`` hands the batch to the
-chosen pool's workers and returns at once.
+``submit_batch`` is the one code path behind ``nightshift submit``, the Python API, the HTTP
+gateway, the ``submit-batch`` deployment (the Prefect UI's way in) and the nightly scoring flow:
+placement is decided here, then ``run_deployment`` hands the batch to the chosen pool's workers
+and returns at once.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
 import fsspec
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.errors import BatchFileError, OrchestrationError
 from nightshift.core.placement import Placement, PoolState, choose_pool
-from nightshift.core.runs import BatchRunParameters, default_batch_id
+from nightshift.core.runs import BatchRunContext, BatchRunParameters, FaultInjection, default_batch_id
 from nightshift.core.sla import Tier, deadline_for
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
@@ -72,6 +73,7 @@ def _pool_state(
         WorkPoolFilter,
         WorkPoolFilterName,
     )
+    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -84,13 +86,16 @@ def _pool_state(
     online = client.read_workers_for_work_pool(pool_name, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
     in_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name]))
     running = client.count_flow_runs(
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(_OCCUPYING)))),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in _OCCUPYING]))
+        ),
         work_pool_filter=in_pool,
     )
     queued = client.count_flow_runs(
         flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled", "Late", "AwaitingConcurrencySlot"])),
-            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(UTC)),
+            # Prefect types its filters with its own DateTime; an aware datetime is what it accepts.
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=cast(Any, datetime.now(UTC))),
         ),
         work_pool_filter=in_pool,
     )
@@ -126,6 +131,9 @@ def submit_batch(
     settings: Settings | None = None,
     submitted_at: datetime | None = None,
     priority: str = "normal",
+    slow_shards_seconds: float | None = None,
+    fail_after_shards: int | None = None,
+    as_subflow: bool = False,
     **params: Any,
 ) -> Submission:
     """Place the batch on spot or dedicated and start the chosen deployment (returns at once).
@@ -136,10 +144,14 @@ def submit_batch(
             the batch if it is resumed elsewhere.
         priority: low, normal or high: the work queue of the chosen pool the run waits in
             (``settings.pools.priority_queues``); workers take higher-priority queues first.
+        slow_shards_seconds, fail_after_shards: operator drills (``FaultInjection``); callers
+            that take them from a tenant check that the tenant may drill (the gateway does).
+        as_subflow: called from a flow (submit-batch, score-table): the run is linked as its
+            subflow, so the Prefect UI shows it under the caller and a cancelled caller cancels it.
         params: Further ``BatchRunParameters`` fields (batch_id, model, shard_size, ...).
 
     Raises:
-        BatchFileError: the file does not exist.
+        BatchFileError: the file does not exist or has no request line.
         OrchestrationError: the deployments are not registered.
     """
     from prefect.deployments import run_deployment
@@ -149,7 +161,10 @@ def submit_batch(
     submitted_at = submitted_at or datetime.now(UTC)
     input_uri = _absolute(input_uri)
     requests = count_requests(input_uri, settings)
-    deadline = params.get("deadline") or deadline_for(submitted_at, tier, settings.sla.hours())
+    if requests == 0:
+        raise BatchFileError("the batch file has no request lines")
+    run_params = BatchRunParameters(input_uri=input_uri, tier=tier, **params)  # a bad field fails before any placement
+    deadline = run_params.deadline or deadline_for(submitted_at, tier, settings.sla.hours())
     spot, dedicated = read_pool_states(settings)
     placement = choose_pool(
         requests=requests,
@@ -159,15 +174,23 @@ def submit_batch(
         dedicated=dedicated,
         safety_factor=settings.pools.safety_factor,
     )
-    run_params = BatchRunParameters(input_uri=input_uri, tier=tier, submitted_at=submitted_at, placement=placement, **params)
+    drilled = slow_shards_seconds is not None or fail_after_shards is not None
+    drill = FaultInjection(slow_shards_seconds=slow_shards_seconds, fail_after_shards=fail_after_shards) if drilled else None
+    context = BatchRunContext(submitted_at=submitted_at, placement=placement, drill=drill)
     deployment = settings.pools.spot_deployment if placement.kind == "spot" else settings.pools.dedicated_deployment
-    run: FlowRun = run_deployment(
-        deployment,
-        parameters={"params": run_params.model_dump(mode="json", exclude_none=True)},
-        timeout=0,
-        as_subflow=False,
-        work_queue_name=settings.pools.priority_queues[priority],
-        tags=[f"tier:{tier.value}", f"capacity:{placement.kind}", f"priority:{priority}"],
+    run = cast(
+        "FlowRun",
+        run_deployment(
+            deployment,
+            parameters={
+                "params": run_params.model_dump(mode="json", exclude_none=True),
+                "context": context.model_dump(mode="json", exclude_none=True),
+            },
+            timeout=0,
+            as_subflow=as_subflow,
+            work_queue_name=settings.pools.priority_queues[priority],
+            tags=[f"tier:{tier.value}", f"capacity:{placement.kind}", f"priority:{priority}"],
+        ),
     )
     return Submission(
         flow_run_id=str(run.id),
@@ -206,7 +229,8 @@ def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0
             handoff_until = min(time.monotonic() + handoff, deadline)
             while current is None and time.monotonic() < handoff_until:
                 # The run taking over starts around the end of this one: look among the newest only.
-                since = (run.end_time or run.start_time or run.expected_start_time) - timedelta(minutes=1)
+                ended = run.end_time or run.start_time or run.expected_start_time or datetime.now(UTC)
+                since = cast(Any, ended - timedelta(minutes=1))
                 candidates = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from nightshift.core.artifacts import Manifest
 from nightshift.core.hashing import sha256_bytes
+from nightshift.core.placement import Placement
 from nightshift.core.protocol import BatchRequestOutput
 from nightshift.core.sla import SLAReport
 
-#: Kinds of artifact a batch run publishes, each under ``batch-{slug}-{kind}``.
-ARTIFACT_KINDS = ("summary", "progress", "outputs", "errors")
+#: Kinds of artifact a batch run publishes, each under ``batch-{slug}-{kind}``; ``placement`` is
+#: published by the run that submitted it (submit-batch): where it went, why, and how it ended.
+ARTIFACT_KINDS = ("summary", "progress", "outputs", "errors", "placement")
 
 #: Longest slug kept verbatim; longer batch ids are cut and get the hash suffix.
 _MAX_SLUG = 48
@@ -72,8 +75,12 @@ def summary_markdown(
     pool: str | None,
     reused: bool = False,
     engine_requests: int | None = None,
+    downloads: Mapping[str, str] | None = None,
+    downloads_expire_at: datetime | None = None,
+    cost_usd: float | None = None,
+    capacity: str | None = None,
 ) -> str:
-    """The run's summary: batch and version, tier and pool, request counts, usage, SLA, files, engine.
+    """The run's summary: batch and version, tier and pool, request counts, usage, cost, SLA, files, engine.
 
     Args:
         manifest: the published version's manifest.
@@ -82,6 +89,9 @@ def summary_markdown(
         pool: the work pool the run ran on; None when the flow was called directly.
         reused: True when this version was already published and nothing ran.
         engine_requests: requests sent to the engine in this run.
+        downloads: file name (``output``, ``errors``) → a link to download it (presigned on S3),
+            valid until ``downloads_expire_at`` (None: a link that does not expire).
+        cost_usd: what the tokens cost on the capacity the run used (``capacity``: spot or dedicated).
     """
     counts, usage, cache = manifest.request_counts, manifest.usage, manifest.cache
     reused_shards = sum(s.reused for s in manifest.shards)
@@ -106,15 +116,20 @@ def summary_markdown(
         f"| {counts.total} | {counts.completed} | {counts.failed} | {cache.hits} | {usage.prompt_tokens} "
         f"| {usage.completion_tokens} | {usage.total_tokens} |",
         "",
-        "## Files",
-        "",
     ]
+    if cost_usd is not None:
+        lines += [f"**Cost** ${cost_usd:.6f} on {capacity or 'dedicated'} capacity.", ""]
+    lines += ["## Files", ""]
+    downloads = downloads or {}
     # A list, not a table: URLs are long, and a table would push the sizes out of view.
     for name, record in (("output", manifest.output_file), ("errors", manifest.error_file), ("input", manifest.input)):
         count = "" if record.lines is None else f"{record.lines} lines, "
-        lines.append(f"- **{name}** {count}{_size(record.bytes)}, sha256 `{record.sha256[:12]}`  ")
+        link = f" · [download]({downloads[name]})" if name in downloads else ""
+        lines.append(f"- **{name}** {count}{_size(record.bytes)}, sha256 `{record.sha256[:12]}`{link}  ")
         lines.append(f"  `{record.path}`")
     lines += ["- **manifest**  ", f"  `{manifest_uri}`"]
+    if downloads and downloads_expire_at is not None:
+        lines += ["", f"Download links are valid until {downloads_expire_at:%Y-%m-%d %H:%M} UTC."]
     engine = manifest.engine
     shown = ("device", "dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size")
     knobs = [f"{k} {engine[k]}" for k in shown if k in engine]
@@ -133,6 +148,38 @@ def summary_markdown(
     if manifest.lineage is not None:
         lineage = manifest.lineage
         lines.append(f"- **lineage** {lineage.relation} of `{lineage.parent_batch_id}` version `{lineage.parent_version}`")
+    return "\n".join(lines) + "\n"
+
+
+def placement_markdown(
+    *,
+    batch_id: str,
+    requests: int,
+    tier: str,
+    deadline: datetime,
+    placement: Placement,
+    run_name: str,
+    run_url: str,
+    final_state: str | None = None,
+    final_pool: str | None = None,
+) -> str:
+    """What submit-batch shows: where the batch went and why, the run that carries it, and (once it
+    ended) the state it ended in, with the run that ended it when the batch moved pools."""
+    lines = [
+        f"# Batch `{batch_id}` → `{placement.pool}` ({placement.kind})",
+        "",
+        f"**Why** {placement.reason}.",
+        "",
+        f"{requests} requests · tier `{tier}` · deadline {deadline:%Y-%m-%d %H:%M:%S} UTC · "
+        f"estimated {format_duration(placement.estimated_seconds)} with {format_duration(placement.remaining_seconds)} left.",
+        "",
+        f"**Run** [{run_name}]({run_url}) · results under the artifact `{artifact_key(batch_id, 'summary')}`.",
+    ]
+    if final_state is None:
+        lines += ["", "**State** running: this run waits for the batch and ends in its state."]
+    else:
+        moved = f" on `{final_pool}`" if final_pool and final_pool != placement.pool else ""
+        lines += ["", f"**State** {final_state}{moved}."]
     return "\n".join(lines) + "\n"
 
 

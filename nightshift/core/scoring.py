@@ -166,8 +166,9 @@ def render_request(row: pd.Series, job: ScoringJob) -> dict[str, Any]:
         "custom_id": str(row[job.id_column]),
         "method": "POST",
         "url": "/v1/chat/completions",
+        # No "model": the job's model serves every line (chosen by the run, not per line), and a line
+        # naming another model would be refused at validation.
         "body": {
-            "model": job.model or "default",
             "messages": messages,
             "max_tokens": job.max_tokens,
             "temperature": job.temperature,

@@ -13,6 +13,7 @@ def up_env(home: Path, store: Path, tiny_model: Path, ray_address: str) -> dict[
         "NIGHTSHIFT_HOME": str(home),
         "NIGHTSHIFT_RAY_ADDRESS": ray_address,
         "NIGHTSHIFT_ENGINE_MODEL": str(tiny_model),
+        "NIGHTSHIFT_ENGINE_SERVED_MODEL_NAME": "tiny",  # the name tests/batchfiles.py writes in each line
         "NIGHTSHIFT_ENGINE_MAX_MODEL_LEN": "512",
         "NIGHTSHIFT_ENGINE_DEFAULT_MAX_TOKENS": "8",
         "NIGHTSHIFT_STORAGE_ROOT": str(store),

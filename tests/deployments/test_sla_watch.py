@@ -110,8 +110,9 @@ def test_tight_deadline_alerts_once_escalates_to_dedicated_and_breaches_once(sta
     deadline = datetime.now(UTC) + timedelta(seconds=30)
     # An SLA drill on spot: each shard held back 4 s (about 1.25 req/s), against a 30 s deadline.
     params = {"input_uri": str(src), "batch_id": batch_id, "tier": "free", "deadline": deadline.isoformat()}
-    params |= {"use_cache": False, "slow_shards_seconds": 4}
-    first = run_deployment("process-batch/spot", parameters={"params": params}, timeout=0, as_subflow=False)
+    params |= {"use_cache": False}
+    drill = {"drill": {"slow_shards_seconds": 4}}  # the product's side of the form: operators only
+    first = run_deployment("process-batch/spot", parameters={"params": params, "context": drill}, timeout=0, as_subflow=False)
 
     runs = follow_batch(str(first.id), timeout=300)
     assert [(r.work_pool_name, r.state.name) for r in runs] == [("gpu-spot", "Cancelled"), ("gpu-dedicated", "Completed")]
@@ -148,9 +149,12 @@ def test_run_killed_before_reporting_still_breaches_by_the_proactive_automation(
         src = tmp_path / "silent.jsonl"
         write_batch(src, 20, max_tokens=6)
         batch_id = f"silent-{uuid.uuid4().hex[:6]}"
-        params = {"input_uri": str(src), "batch_id": batch_id, "tier": "basic", "use_cache": False, "slow_shards_seconds": 5}
+        params = {"input_uri": str(src), "batch_id": batch_id, "tier": "basic", "use_cache": False}
         # On dedicated: no automation resumes it, so nothing will ever report on this batch.
-        run = run_deployment("process-batch/dedicated", parameters={"params": params}, timeout=0, as_subflow=False)
+        context = {"drill": {"slow_shards_seconds": 5}}
+        run = run_deployment(
+            "process-batch/dedicated", parameters={"params": params, "context": context}, timeout=0, as_subflow=False
+        )
         pid = _infrastructure_pid(str(run.id))
         deadline = time.monotonic() + 120
         while not list(stack["store"].glob(f"batches/{batch_id}/*/shards/*.results.jsonl")):

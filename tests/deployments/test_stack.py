@@ -44,13 +44,14 @@ def _published(store: Path, batch_id: str) -> dict:
 def test_up_registers_pools_deployments_and_the_preemption_automation(stack):
     env = stack["env"]
     deployments = _prefect("deployment", "ls", env=env)
-    for name in ("process-batch/spot", "process-batch/dedicated", "cleanup-batches/daily", "score-table/nightly"):
-        assert name in deployments
+    names = ("submit-batch/submit", "process-batch/spot", "process-batch/dedicated", "cleanup-batches/daily")
+    names += ("score-table/nightly",)
+    assert all(name in deployments for name in names), deployments
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("score-table/nightly")
-        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"] and nightly.work_pool_name == "gpu-spot"
+        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"] and nightly.work_pool_name == "nightshift-ops"
     pools = _prefect("work-pool", "ls", env=env)
     assert all(p in pools for p in POOLS)
     assert "nightshift-preempted-spot-resumes-on-dedicated" in _prefect("automation", "ls", env=env)
@@ -96,7 +97,7 @@ def test_loose_deadline_runs_on_spot_and_tight_on_dedicated(stack, settings, tmp
         (run,) = follow_batch(sub.flow_run_id, timeout=300)
         assert run.state.is_completed(), run.state
         assert run.work_pool_name == pool  # the flow run itself says where it ran
-        assert run.parameters["params"]["placement"]["pool"] == pool
+        assert run.parameters["context"]["placement"]["pool"] == pool  # the product's part, not the user's
     manifest = _published(stack["store"], loose.batch_id)
     assert manifest["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
     _ids_once(manifest["output_file"]["path"], manifest["error_file"]["path"], {f"req-{i:03d}" for i in range(12)} | {"bad-body"})
@@ -149,7 +150,8 @@ def test_killed_spot_run_resumes_on_dedicated_without_recomputing_finished_shard
     assert resumed.state.is_completed(), resumed.state
     assert resumed.work_pool_name == "gpu-dedicated"
     assert resumed.parameters["resumed_from"] == sub.flow_run_id
-    assert resumed.parameters["params"] == spot_run.parameters["params"]  # same batch, same deadline
+    assert resumed.parameters["params"] == spot_run.parameters["params"]  # same batch
+    assert resumed.parameters["context"] == spot_run.parameters["context"]  # same submitted_at: same deadline
 
     manifest = _published(stack["store"], sub.batch_id)
     assert manifest["request_counts"] == {"total": 60, "completed": 58, "failed": 2}

@@ -20,10 +20,22 @@ def _manifest(result) -> dict:
     return json.loads(Path(result.manifest_uri.removeprefix("file://")).read_text())
 
 
-def _run(path: Path, **kw):
+def _run(path: Path, context=None, **kw):
     from flows.batch import BatchRunParameters, process_batch
 
-    return process_batch(BatchRunParameters(input_uri=str(path), **kw))
+    return process_batch(BatchRunParameters(input_uri=str(path), **kw), context)
+
+
+def test_another_model_and_streaming_are_refused_per_line(tmp_path, engine_env):
+    """Issue 23's lines through the real flow: never answered by the served model, never silently
+    streamed; one error line each naming the field, the rest answered."""
+    src = tmp_path / "refused.jsonl"
+    write_batch(src, 4, ["unknown_model", "stream"])
+    result = _run(src, tier="premium")
+    assert result.request_counts.model_dump() == {"total": 6, "completed": 4, "failed": 2}
+    errors = {e["custom_id"]: e["error"] for e in read_jsonl(result.error_uri)}
+    assert errors["other-model"]["code"] == "model_not_found" and errors["other-model"]["param"] == "model"
+    assert errors["streamed"]["code"] == "unsupported_parameter" and errors["streamed"]["param"] == "stream"
 
 
 def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
@@ -59,6 +71,13 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     summary = arts["batch-mixed-summary"].data
     assert result.version in summary and "| 50 | 47 | 3 |" in summary and "**Tier** `premium`" in summary
     assert "**SLA met**" in summary and result.manifest_uri in summary and result.output_uri in summary
+    # Called directly (no pool): priced at the dedicated list price; a local store's links are file URLs.
+    from nightshift.settings import Settings
+
+    usage, api = result.usage, Settings().api
+    cost = (usage.prompt_tokens * api.price_input_per_million + usage.completion_tokens * api.price_output_per_million) / 1e6
+    assert f"**Cost** ${cost:.6f} on dedicated capacity." in summary
+    assert f"[download](file://{result.output_uri.removeprefix('file://')})" in summary
     first = json.loads(arts["batch-mixed-outputs"].data)
     assert [r["custom_id"] for r in first] == [o["custom_id"] for o in out[:10]]
     answer = " ".join(out[0]["response"]["body"]["choices"][0]["message"]["content"].split())  # on one line
@@ -133,11 +152,13 @@ def test_rerun_reuses_version_and_max_tokens_makes_a_new_one(tmp_path, engine_en
 
 
 def test_crashed_run_keeps_finished_shards_and_resume_computes_only_the_rest(tmp_path, engine_env, store_root):
+    from nightshift.core.runs import BatchRunContext, FaultInjection
+
     src = tmp_path / "crash.jsonl"
     write_batch(src, 50)  # 5 shards of 10
     served = _engine_requests_served()
     with pytest.raises(Exception, match="fault injected"):
-        _run(src, fail_after_shards=1)
+        _run(src, BatchRunContext(drill=FaultInjection(fail_after_shards=1)))
     done = sorted(Path(store_root).glob("batches/crash/*/shards/*.results.jsonl"))
     assert 1 <= len(done) < 5
     assert not list(Path(store_root).glob("batches/crash/*/manifest.json"))

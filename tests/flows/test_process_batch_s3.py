@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import httpx
 import pytest
 import s3fs
 from batchfiles import write_batch
+from test_process_batch import _artifacts
 
 from nightshift.core.protocol import BatchRequestOutput
 from nightshift.settings import StorageConfig
@@ -54,3 +56,10 @@ def test_mixed_batch_on_s3_and_hashes_match_what_is_read_back(tmp_path, engine_e
     url = store.sign(result.output_uri, expires_in=60)
     assert "Signature" in url or "X-Amz-Signature" in url
     assert httpx.get(url).content == fs.cat_file(result.output_uri)
+
+    # The run's summary artifact links both files presigned: a user downloads them from the UI.
+    summary = _artifacts(result.flow_run_id)["batch-mixed-summary"].data
+    links = re.findall(r"\[download\]\((http[^)]+)\)", summary)
+    assert len(links) == 2 and all("Signature" in link for link in links)
+    assert [httpx.get(link).content for link in links] == [fs.cat_file(result.output_uri), fs.cat_file(result.error_uri)]
+    assert "Download links are valid until" in summary and "**Cost** $" in summary

@@ -8,61 +8,28 @@ ones in ``docs/`` instead.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 from batchfiles import write_batch
+from browsers import BROWSER_MARKS, chromium, new_page, screenshot, shots_dir
 
-CHROMIUM = os.environ.get("NIGHTSHIFT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-#: Headless on a shared CI box: no sandbox (root in containers), no GPU, and nothing that calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-#: The UI renders on a 2-CPU box next to Ray and vLLM: allow it more than Playwright's 5 s.
-UI_TIMEOUT_MS = 30_000
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium, or set NIGHTSHIFT_CHROMIUM)"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None, reason="playwright is not installed (pip install -e '.[dev]')"
-    ),
-    pytest.mark.usefixtures("ray_session"),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.usefixtures("ray_session")]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (Playwright's own browser download is not used)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    """Debian's Chromium, one per module."""
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    """Where screenshots go: docs/ when asked to update them, else a temporary folder (CI stays clean)."""
-    if os.environ.get("NIGHTSHIFT_UPDATE_SCREENSHOTS") == "1":
-        DOCS.mkdir(exist_ok=True)
-        return DOCS
-    return tmp_path
+    """Where screenshots go (docs/ with NIGHTSHIFT_UPDATE_SCREENSHOTS=1)."""
+    return shots_dir(tmp_path)
 
 
 def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, tmp_path, browser, shots):
@@ -87,16 +54,14 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, 
     assert set(keys.values()) <= set(ids)
 
     ui = prefect_api.removesuffix("/api")
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    expect.set_options(timeout=UI_TIMEOUT_MS)
+    page = new_page(browser)
 
     # The flow run page: name, state, and the run's logs.
     page.goto(f"{ui}/runs/flow-run/{run.id}")
     expect(page.get_by_text(run.name, exact=True).first).to_be_visible()
     expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
     expect(page.get_by_text("Finished in state Completed()").first).to_be_visible()
-    _screenshot(page, shots / "prefect-flow-run.png")
+    screenshot(page, shots / "prefect-flow-run.png")
 
     # The Artifacts tab lists all four, by their stable keys; the progress card says how far.
     # Taller: the run's graph takes the top half, and the task runs' artifacts come below the flow's.
@@ -106,7 +71,7 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, 
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
     expect(page.get_by_text("8/8 requests").first).to_be_visible()
     expect(page.get_by_text("6/8 completed, 2 failed · SLA met").first).to_be_visible()
-    _screenshot(page, shots / "prefect-artifacts.png")
+    screenshot(page, shots / "prefect-artifacts.png")
     page.set_viewport_size({"width": 1400, "height": 1000})
 
     # The summary card opens the rendered markdown.
@@ -120,7 +85,7 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, 
     expect(counts.locator("tbody tr").first.locator("td")).to_have_text(
         ["8", "6", "2", str(result.cache_hits), *[str(x) for x in _usage(result)]]
     )
-    _screenshot(page, shots / "prefect-summary.png")
+    screenshot(page, shots / "prefect-summary.png")
 
     # The first outputs, and the error lines counted by code.
     out = _first_output(result.output_uri)
@@ -131,7 +96,7 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, 
     expect(table.locator("tbody tr")).to_have_count(6)
     expect(table.locator("tbody tr").first).to_contain_text("req-000")
     expect(table.locator("tbody tr").first).to_contain_text(" ".join(out.split())[:40].strip())
-    _screenshot(page, shots / "prefect-outputs.png")
+    screenshot(page, shots / "prefect-outputs.png")
 
     page.goto(f"{ui}/artifacts/artifact/{ids[keys['errors']]}")
     table = page.locator("table").first
@@ -142,13 +107,6 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_api, engine_env, 
     # Not asserted: JavaScript errors on the page. The run graph (WebGL, software-rendered here)
     # throws now and then while it animates; that is Prefect's, and the checks above see the content.
     page.close()
-
-
-def _screenshot(page, path: Path) -> None:
-    """A screenshot once the page has settled (the run graph animates in; data arrives by polling)."""
-    page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(500)
-    page.screenshot(path=path)
 
 
 def _usage(result) -> tuple[int, int, int]:

@@ -19,7 +19,7 @@ from nightshift.api.routes.files import store_upload
 from nightshift.api.schemas import JobCreated, JobResults, JobStatus
 from nightshift.api.urls import check_input, checked_webhook, copy_local_input, download_input, register_input
 from nightshift.core.artifacts import Manifest
-from nightshift.core.jobs import JobCreate, Prices, effective_tier, render_inline
+from nightshift.core.jobs import JobCreate, effective_tier, render_inline
 from nightshift.core.sla import deadline_for
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -100,11 +100,7 @@ async def job_results(who: Caller, gw: Gw, job_id: str, request: Request) -> Job
         return f"{base}/v1/files/{file_id}/content"
 
     api = gw.settings.api
-    prices = Prices(
-        input_per_million=api.price_input_per_million,
-        output_per_million=api.price_output_per_million,
-        spot_discount=api.spot_discount,
-    )
+    prices = api.prices()
     body = job_results_body(
         row,
         results_url=await link(row.output_file_id),
