@@ -236,17 +236,38 @@ def automations_apply() -> None:
 
 
 @app.command()
-def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the store.")]) -> None:
+def status(
+    batch_id: Annotated[str, typer.Argument(help="The batch's name in the store.")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep the view live until the batch is published.")] = False,
+) -> None:
     """Show a batch's latest progress: done/total, rate, ETA, slack against its deadline, risk."""
-    from nightshift.core.progress import Progress
+    from rich.live import Live
+
     from nightshift.storage import ArtifactStore
 
     store = ArtifactStore.from_config(Settings().storage)
-    running = store.newest(batch_id, "progress.json")
-    if running is None:
+    if store.newest(batch_id, "progress.json") is None:
         console.print(f"[red]no progress recorded for batch {batch_id!r} in {store.url}[/red]")
         raise typer.Exit(1)
+    if not watch:
+        console.print(_status_view(store, batch_id))
+        return
+    with Live(_status_view(store, batch_id), console=console, refresh_per_second=1) as live:
+        while store.newest(batch_id, "manifest.json") is None:
+            time.sleep(2)
+            live.update(_status_view(store, batch_id))
+        live.update(_status_view(store, batch_id))
+
+
+def _status_view(store: Any, batch_id: str) -> Any:
+    """The status table of the batch's newest progress, with its warnings and time."""
+    from rich.console import Group
+
+    from nightshift.core.progress import Progress
+
+    running = store.newest(batch_id, "progress.json")
     p = Progress.model_validate_json(store.read_bytes(running.progress))
+    published = store.newest(batch_id, "manifest.json") is not None
 
     def _s(x: float | None) -> str:
         return "?" if x is None else f"{x:.0f} s"
@@ -264,10 +285,9 @@ def status(batch_id: Annotated[str, typer.Argument(help="The batch's name in the
         _s(p.slack_seconds),
         p.risk.value,
     )
-    console.print(table)
-    for w in p.warnings:
-        console.print(f"[yellow]warning[/yellow] {w.code}: {w.message}", soft_wrap=True)
-    console.print(f"as of {p.updated_at:%Y-%m-%d %H:%M:%S} UTC")
+    notes = [f"[yellow]warning[/yellow] {w.code}: {w.message}" for w in p.warnings]
+    notes.append(f"as of {p.updated_at:%Y-%m-%d %H:%M:%S} UTC" + (" · published" if published else ""))
+    return Group(table, *notes)
 
 
 @app.command()
@@ -368,6 +388,46 @@ def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batche
         eta = "" if r.eta_seconds is None else f"{r.eta_seconds:.0f}s"
         table.add_row(r.batch_id, r.tier or "", r.pool or "", r.status, f"{r.done}/{r.total}", eta, r.risk or "", cost)
     console.print(table)
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(help="The batch's name in the store.")],
+    out: Annotated[Path | None, typer.Option(help="Export to this file: .csv or .parquet (default: print rows).")] = None,
+    rows: Annotated[int, typer.Option(min=1, help="Rows to print when not exporting.")] = 20,
+) -> None:
+    """A published batch's answers joined to their custom_id, printed or exported (CSV, Parquet)."""
+    import pandas as pd
+
+    from nightshift.core.errors import StorageError
+    from nightshift.storage import ArtifactStore
+    from nightshift.storage.listing import answer_rows
+
+    try:
+        found = answer_rows(ArtifactStore.from_config(Settings().storage), batch_id)
+    except StorageError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    frame = pd.DataFrame(found)
+    if out is not None:
+        if out.suffix == ".parquet":
+            frame.to_parquet(out, index=False)
+        elif out.suffix == ".csv":
+            frame.to_csv(out, index=False)
+        else:
+            console.print("[red]--out must end in .csv or .parquet[/red]")
+            raise typer.Exit(2)
+        console.print(f"wrote {len(frame)} rows to {out}")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("custom_id", "status", "answer"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60 if column == "answer" else 24)
+    for r in found[:rows]:
+        answer = r["answer"] if r["status"] == "ok" else f"{r['error_code']}: {r['error_message']}"
+        table.add_row(str(r["custom_id"]), str(r["status"]), str(answer or "").replace("\n", " "))
+    console.print(table)
+    if len(found) > rows:
+        console.print(f"… {len(found) - rows} more (export them all with --out results.csv)")
 
 
 @app.command("config-docs")

@@ -73,3 +73,40 @@ def batch_summaries(store: ArtifactStore, limit: int = 20) -> list[BatchSummary]
                 )  # fmt: skip
             )
     return sorted(found, key=lambda s: s.updated_at, reverse=True)[:limit]
+
+
+def answer_rows(store: ArtifactStore, batch_id: str) -> list[dict[str, object]]:
+    """Every line of the newest published version of ``batch_id``, joined to its ``custom_id``:
+    the answer text (or embedding size), finish reason and tokens for outputs, the code and
+    message for errors; in input order (errors carry their line, outputs follow the output file).
+
+    Raises:
+        StorageError: the batch has no published version.
+    """
+    from nightshift.core.errors import StorageError
+    from nightshift.core.protocol import BatchRequestOutput
+
+    published = store.newest(batch_id, "manifest.json")
+    if published is None:
+        raise StorageError(f"batch {batch_id!r} has no published version yet")
+    manifest = Manifest.model_validate_json(store.read_bytes(published.manifest))
+    rows: list[dict[str, object]] = []
+    for record in (manifest.output_file, manifest.error_file):
+        data = store.read_bytes(record.path) if record.lines else b""
+        for raw in data.splitlines():
+            line = BatchRequestOutput.model_validate_json(raw)
+            row: dict[str, object] = {"custom_id": line.custom_id, "status": "ok" if line.ok else "error"}
+            body = line.response.body if line.response is not None else {}
+            choices = body.get("choices") or [{}]
+            first = choices[0]
+            message = first.get("message") or {}
+            row["answer"] = message.get("content") if "message" in first else first.get("text")
+            if body.get("data"):
+                row["answer"] = f"<embedding of {len(body['data'][0].get('embedding', []))} floats>"
+            row["finish_reason"] = first.get("finish_reason")
+            usage = body.get("usage") or {}
+            row["prompt_tokens"], row["completion_tokens"] = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            row["error_code"] = line.error.code if line.error else None
+            row["error_message"] = line.error.message if line.error else None
+            rows.append(row)
+    return rows

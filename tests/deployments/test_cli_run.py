@@ -49,3 +49,22 @@ def test_run_is_quiet_and_joins_the_running_stack(stack, tmp_path):
     (row,) = [line.split() for line in listed.stdout.splitlines() if line.startswith("quiet-run")]
     assert row[1] == "premium" and "completed" in row and "7/7" in row, listed.stdout
     assert all(len(line) <= 80 for line in listed.stdout.splitlines()), listed.stdout
+
+    # the answers joined to their custom_id, exported; the live status ends once published
+    export = tmp_path / "answers.csv"
+    done = subprocess.run([sys.executable, "-m", "nightshift.cli", "results", "quiet-run", "--out", str(export)], env=env)
+    assert done.returncode == 0
+    import pandas as pd
+
+    answers = pd.read_csv(export)
+    assert len(answers) == 7 and (answers.status == "ok").sum() == 6
+    assert set(answers[answers.status == "ok"].custom_id) == {f"req-{i:03d}" for i in range(6)}
+    assert answers[answers.status == "error"].error_code.tolist() == ["invalid_json"]
+    watched = subprocess.run(
+        [sys.executable, "-m", "nightshift.cli", "status", "quiet-run", "--watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert watched.returncode == 0 and "published" in watched.stdout, watched.stdout + watched.stderr
