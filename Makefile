@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 # The stamp is named after the hash of pyproject.toml: set-up re-runs only when deps change.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-export VLLM_CPU_KVCACHE_SPACE ?= 1
-export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
-export HF_HUB_OFFLINE ?= 1
-export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_AUTH_MODE ?= disabled
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export DO_NOT_TRACK ?= 1
+# The vLLM, Ray and Prefect environment, defined once in nightshift/runtime.py (standard library
+# only: read with the system Python, before the venv exists). A variable already set wins.
+RUNTIME_ENV := $(shell $(PYTHON) -m nightshift.runtime --make)
+ifeq ($(RUNTIME_ENV),)
+$(error could not read the runtime environment: `$(PYTHON) -m nightshift.runtime --make` failed)
+endif
+$(foreach kv,$(RUNTIME_ENV),$(eval export $(firstword $(subst =, ,$(kv))) ?= $(word 2,$(subst =, ,$(kv)))))
 
 .PHONY: setup sysdeps run test lint bench clean
 

@@ -33,23 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nightshift.runtime import RUNTIME_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_HOME = REPO / ".nightshift" / "bench"
 RESULTS_DIR = REPO / "bench" / "results"
-
-#: Environment of every path (PLATFORM.md): vLLM on CPU in-process, offline, Ray on loopback, quiet.
-BASE_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 # --------------------------------------------------------------------------- requests
 
@@ -285,8 +273,9 @@ class ForeignLoad:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a path's subprocess: ours plus BASE_ENV, without OMP_NUM_THREADS."""
-    env = {**os.environ, **BASE_ENV, **(extra or {})}
+    """The environment of a path's subprocess: ours plus the runtime environment (nightshift/runtime.py:
+    vLLM on CPU in-process, offline, Ray on loopback, quiet), without OMP_NUM_THREADS."""
+    env = {**os.environ, **RUNTIME_ENV, **(extra or {})}
     env.pop("OMP_NUM_THREADS", None)  # vLLM binds its OpenMP threads itself only when it is unset
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
@@ -304,13 +293,13 @@ def run_logged(cmd: list[str], log: Path, env: dict[str, str]) -> float:
     return wall
 
 
-def run_worker(name: str, job: dict[str, Any], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run one in-Python path in its own interpreter and return the figures it wrote."""
+def run_worker(name: str, job: dict[str, Any], workdir: Path, env: dict[str, str], script: Path | None = None) -> dict[str, Any]:
+    """Run one in-Python path (``script --worker NAME``, this bench by default) in its own
+    interpreter and return the figures it wrote."""
     job_path, out_path = workdir / f"{name}.job.json", workdir / f"{name}.result.json"
     job_path.write_text(json.dumps({**job, "result": str(out_path)}))
-    wall = run_logged(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--job", str(job_path)], workdir / f"{name}.log", env
-    )
+    script = script or Path(__file__).resolve()
+    wall = run_logged([sys.executable, str(script), "--worker", name, "--job", str(job_path)], workdir / f"{name}.log", env)
     return {**json.loads(out_path.read_text()), "process_wall_s": wall}
 
 

@@ -48,10 +48,22 @@ _SAME_CONTEXT = {
 _CRASHED_RUN_ID = {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}
 
 
+def _take_over_on(deployment_id: str):  # -> prefect.events.actions.RunDeployment
+    """Run ``deployment_id`` on the batch of the run that fired the trigger: same parameters (so the
+    same batch version, whose finished shards are reused) and ``resumed_from`` naming that run,
+    which is how ``api.submit.find_successor`` follows a batch that moved."""
+    from prefect.events.actions import RunDeployment
+
+    return RunDeployment(
+        source="selected",
+        deployment_id=deployment_id,
+        parameters={"params": _SAME_PARAMS, "context": _SAME_CONTEXT, "resumed_from": _CRASHED_RUN_ID},
+    )
+
+
 def preemption_automation(spot_deployment_id: str, dedicated_deployment_id: str):  # -> prefect.automations.Automation
     """Crashed spot run → run the dedicated deployment on the same batch, naming the crashed run."""
     from prefect.automations import Automation
-    from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     return Automation(
@@ -67,13 +79,7 @@ def preemption_automation(spot_deployment_id: str, dedicated_deployment_id: str)
             threshold=1,
             within=timedelta(0),
         ),
-        actions=[
-            RunDeployment(
-                source="selected",
-                deployment_id=dedicated_deployment_id,
-                parameters={"params": _SAME_PARAMS, "context": _SAME_CONTEXT, "resumed_from": _CRASHED_RUN_ID},
-            )
-        ],
+        actions=[_take_over_on(dedicated_deployment_id)],
     )
 
 
@@ -95,7 +101,7 @@ def sla_automations(
 ) -> list:  # list[prefect.automations.Automation]
     """Alerts and escalation on the batch's SLA events (see the module docstring)."""
     from prefect.automations import Automation
-    from prefect.events.actions import CancelFlowRun, RunDeployment, SendNotification
+    from prefect.events.actions import CancelFlowRun, SendNotification
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     def alert(name: str, subject: str) -> SendNotification:
@@ -122,14 +128,7 @@ def sla_automations(
                 posture=Posture.Reactive,
                 threshold=1,
             ),
-            actions=[
-                RunDeployment(
-                    source="selected",
-                    deployment_id=dedicated_deployment_id,
-                    parameters={"params": _SAME_PARAMS, "context": _SAME_CONTEXT, "resumed_from": _CRASHED_RUN_ID},
-                ),
-                CancelFlowRun(),
-            ],
+            actions=[_take_over_on(dedicated_deployment_id), CancelFlowRun()],
         ),
         Automation(
             name="nightshift-sla-breached",

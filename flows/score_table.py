@@ -14,7 +14,7 @@ from prefect.runtime import deployment
 from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
-from flows.batch import process_batch
+from flows.batch import build_task_runner, process_batch
 from nightshift.api.submit import follow_batch, submit_batch
 from nightshift.core.errors import OrchestrationError
 from nightshift.core.protocol import Endpoint
@@ -69,9 +69,7 @@ def score_table(params: ScoreParameters) -> ScoringManifest:
     if prep.published:
         log.info("%s version %s is already published; nothing changed", job.name, prep.version)
         store = ArtifactStore.from_config(storage)
-        return ScoringManifest.model_validate_json(
-            store.read_bytes(f"{store.root}/scoring/{job.name}/{prep.version}/manifest.json")
-        )
+        return ScoringManifest.model_validate_json(store.read_bytes(f"{store.scoring(job.name)}/{prep.version}/manifest.json"))
     output = errors = batch_manifest = None
     if prep.requests_uri:
         batch = BatchRunParameters(
@@ -84,7 +82,7 @@ def score_table(params: ScoreParameters) -> ScoringManifest:
         if deployment.id is not None:  # a deployment run (the nightly one), not a direct call
             output, errors, batch_manifest = _placed(batch, settings, storage)
         else:
-            result = process_batch(batch)
+            result = process_batch.with_options(task_runner=build_task_runner(settings))(batch)
             output, errors, batch_manifest = result.output_uri, result.error_uri, result.manifest_uri
     return publish_scores(storage, job, prep, model.name, output, errors, batch_manifest)
 

@@ -60,7 +60,7 @@ class PreparedScoring(BaseModel):
 
 
 def _root(store: ArtifactStore, job: ScoringJob) -> str:
-    return f"{store.root}/scoring/{job.name}"
+    return store.scoring(job.name)
 
 
 def latest_manifest(store: ArtifactStore, job: ScoringJob) -> ScoringManifest | None:

@@ -12,20 +12,13 @@ from pathlib import Path
 
 import pytest
 
-# Set before vllm/ray/prefect are imported anywhere in the session.
+from nightshift.runtime import RUNTIME_ENV
+
+# Set before vllm/ray/prefect are imported anywhere in the session: the runtime environment
+# (nightshift/runtime.py), whatever the shell running pytest had.
 os.environ.update(
     {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # No upgrade prompt or "join the community" modal over the UI the browser test opens.
-        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-        "DO_NOT_TRACK": "1",
+        **RUNTIME_ENV,
         # Dummy credentials for the loopback S3 server; set before Ray starts so workers inherit them.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -18,6 +18,8 @@ HEAVY = ("vllm", "torch", "ray", "transformers", "prefect")
         "nightshift.api",
         "nightshift.api.app",
         "nightshift.core.runs",
+        "nightshift.engine.base",
+        "nightshift.runtime",
     ],
 )
 def test_light_modules_do_not_import_the_gpu_stack(module):

@@ -14,7 +14,9 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-from k8s import (
+from prefect.utilities.templating import find_placeholders
+
+from tests.k8s import (
     K8S_VERSIONS,
     ROOT,
     as_submitted,
@@ -27,7 +29,6 @@ from k8s import (
     tolerates,
     validate_job,
 )
-from prefect.utilities.templating import find_placeholders
 
 GPU_POOLS = ("gpu-spot", "gpu-dedicated")
 POOLS = (*GPU_POOLS, "nightshift-ops")

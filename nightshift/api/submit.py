@@ -9,7 +9,7 @@ and returns at once.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
@@ -203,6 +203,29 @@ def submit_batch(
     )
 
 
+#: Prefect states in which a batch's run may have handed the batch to another run: preempted
+#: (Crashed) or moved off an at-risk spot pool (Cancelling, then Cancelled).
+HANDED_OFF = frozenset({"Crashed", "Cancelling", "Cancelled"})
+
+
+def find_successor(client: SyncPrefectClient, run: FlowRun) -> FlowRun | None:
+    """The flow run that took the batch over from ``run`` (its ``resumed_from`` names ``run``), if any yet.
+
+    The run taking over is created after ``run`` was (by the automation reacting to its crash,
+    or by the escalation that cancels it): only runs expected to start since then are read, newest first.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    since = run.expected_start_time or run.created
+    newer = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=200,
+    )
+    return next((r for r in newer if r.parameters.get("resumed_from") == str(run.id)), None)
+
+
 def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0, handoff: float = 60.0) -> list[FlowRun]:
     """Wait for the batch started as ``flow_run_id`` to finish, following it when it moves: a spot
     run that crashed (preempted) or was cancelled as at risk is taken over by a dedicated run
@@ -210,8 +233,6 @@ def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0
     last. A crashed or cancelled run that no run takes over within ``handoff`` seconds is final.
     """
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
 
     chain: list[FlowRun] = []
     deadline = time.monotonic() + timeout
@@ -223,20 +244,12 @@ def follow_batch(flow_run_id: str, *, timeout: float = 3600.0, poll: float = 1.0
                 time.sleep(poll)
                 continue
             chain.append(run)
-            if run.state.name not in ("Crashed", "Cancelled"):
+            if run.state.name not in HANDED_OFF:
                 return chain
             current = None
             handoff_until = min(time.monotonic() + handoff, deadline)
             while current is None and time.monotonic() < handoff_until:
-                # The run taking over starts around the end of this one: look among the newest only.
-                ended = run.end_time or run.start_time or run.expected_start_time or datetime.now(UTC)
-                since = cast(Any, ended - timedelta(minutes=1))
-                candidates = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
-                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                    limit=200,
-                )
-                successor = next((c for c in candidates if c.parameters.get("resumed_from") == str(run.id)), None)
+                successor = find_successor(client, run)
                 if successor is not None:
                     current = str(successor.id)
                 else:

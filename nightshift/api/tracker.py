@@ -73,21 +73,13 @@ class PrefectOrchestrator:
         """Follow the batch from ``flow_run_id`` to the run now carrying it (preemption and
         escalation hand a batch to a new run whose ``resumed_from`` names the old one)."""
         from prefect import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
-        from prefect.client.schemas.sorting import FlowRunSort
+
+        from nightshift.api.submit import HANDED_OFF, find_successor
 
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(UUID(flow_run_id))
             for _ in range(10):  # a batch moves at most a few times
-                if run.state is None or run.state.name not in ("Crashed", "Cancelled", "Cancelling"):
-                    break
-                since = run.expected_start_time or run.created
-                newer = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
-                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                    limit=200,
-                )
-                successor = next((r for r in newer if r.parameters.get("resumed_from") == str(run.id)), None)
+                successor = find_successor(client, run) if run.state is not None and run.state.name in HANDED_OFF else None
                 if successor is None:
                     break
                 run = successor

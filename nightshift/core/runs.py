@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import PurePosixPath
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +66,32 @@ class FaultInjection(BaseModel):
     fail_after_shards: int | None = Field(default=None, ge=1, description="Resume drills: fail the run after N new shards.")
 
 
+#: The engines a run can ask for: vLLM, transformers, or auto (vLLM, else transformers).
+EngineKind = Literal["auto", "vllm", "transformers"]
+
+
+class RunOverrides(BaseModel):
+    """Settings one run changes for itself (``nightshift run --out/--engine``). The flow applies
+    them to the settings tree it builds at its start, so no caller writes the process environment,
+    and a run that takes the batch over (in ``context``) keeps them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: EngineKind | None = Field(default=None, description="Engine kind; defaults to settings (NIGHTSHIFT_ENGINE_KIND).")
+    store_root: str | None = Field(
+        default=None, description="Root of the artifact store for this run; defaults to settings (NIGHTSHIFT_STORAGE_ROOT)."
+    )
+
+    def settings_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Settings(...)``: merged over the environment, validated like it."""
+        kwargs: dict[str, Any] = {}
+        if self.engine is not None:
+            kwargs["engine"] = {"kind": self.engine}
+        if self.store_root is not None:
+            kwargs["storage"] = {"root": self.store_root}
+        return kwargs
+
+
 class BatchRunContext(BaseModel):
     """What the product decides about a run: filled in by the code that starts it (``submit_batch``,
     retry-failed, the automations that move a batch), never offered as a field on the form."""
@@ -78,6 +105,11 @@ class BatchRunContext(BaseModel):
     placement: Placement | None = Field(default=None, description="The pool `submit_batch` chose for this batch and why.")
     parent: Lineage | None = Field(default=None, description="Set by retry-failed: the batch version this one retries.")
     drill: FaultInjection | None = Field(default=None, description="Operator-only fault injection.")
+    overrides: RunOverrides | None = Field(default=None, description="Settings this run changes for itself (the CLI's options).")
+
+    def settings_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the run's ``Settings(...)`` (its overrides; none by default)."""
+        return self.overrides.settings_kwargs() if self.overrides else {}
 
 
 def default_batch_id(input_uri: str) -> str:

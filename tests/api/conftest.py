@@ -15,6 +15,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     it), or a new PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'state' / 'gateway.db'}"
-    from pgdatabases import new_postgres_database
+    from tests.pgdatabases import new_postgres_database
 
     return new_postgres_database(request.getfixturevalue("postgres"), "gw")

@@ -13,7 +13,6 @@ import socket
 from collections.abc import Iterator, Sequence
 
 import pytest
-from loopback import LoopbackServer, Reply
 
 from nightshift.api.egress import (
     EgressPolicy,
@@ -27,6 +26,7 @@ from nightshift.api.egress import (
 )
 from nightshift.core.errors import EgressFailed, EgressRefused, JobRequestError
 from nightshift.settings import ApiConfig
+from tests.api.loopback import LoopbackServer, Reply
 
 # Every way to write a loopback / this-host address that some resolver or browser accepts.
 LOOPBACK_SPELLINGS = [

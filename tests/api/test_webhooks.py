@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import openai
 import pytest
 import standardwebhooks
-from loopback import LoopbackServer, Reply
 from openai.types.webhooks import BatchCompletedWebhookEvent, BatchFailedWebhookEvent
 
 from nightshift.api.egress import EgressPolicy
@@ -30,6 +29,7 @@ from nightshift.api.webhooks import (
     signing_secret,
     verify,
 )
+from tests.api.loopback import LoopbackServer, Reply
 
 LOOPBACK = EgressPolicy(allow_http=True, allowed_hosts=("127.0.0.1",), timeout_seconds=2)
 FAST = {"backoff_seconds": 0.01, "max_backoff_seconds": 0.05}

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stacks import up_env
+
+from tests.deployments.stacks import up_env
 
 POOLS = ("gpu-spot", "gpu-dedicated", "nightshift-ops")
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchfiles import write_batch
+from tests.batchfiles import write_batch
 
 
 def test_run_is_quiet_and_joins_the_running_stack(stack, tmp_path):

@@ -9,13 +9,13 @@ import time
 import httpx
 import openai
 import pytest
-from batchfiles import write_batch
-from gateways import cli as _cli
-from gateways import start_gateway as _start
 from openai.types.chat import ChatCompletion
 from prometheus_client.parser import text_string_to_metric_families
 
 from nightshift.services import free_port, stop_process_group
+from tests.batchfiles import write_batch
+from tests.deployments.gateways import cli as _cli
+from tests.deployments.gateways import start_gateway as _start
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 

@@ -13,10 +13,10 @@ from uuid import UUID
 import httpx
 import openai
 import pytest
-from batchfiles import chat_line, write_batch
-from gateways import cli, start_gateway
 
 from nightshift.services import free_port, stop_process_group
+from tests.batchfiles import chat_line, write_batch
+from tests.deployments.gateways import cli, start_gateway
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 PROMPTS = ["Tell me about the sea.", "Name a red fox.", "Winter light is", "Old trains go", "Bread is made of"]

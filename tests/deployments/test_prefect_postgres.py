@@ -11,9 +11,9 @@ import asyncio
 import json
 from uuid import UUID
 
-from batchfiles import read_jsonl, write_batch
-from pgdatabases import new_postgres_database
-from stacks import up_env
+from tests.batchfiles import read_jsonl, write_batch
+from tests.deployments.stacks import up_env
+from tests.pgdatabases import new_postgres_database
 
 
 def _flow_run_row(database_url: str, flow_run_id: UUID) -> dict:

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from batchfiles import read_jsonl, write_batch
-from test_stack import _infrastructure_pid, _published
+
+from tests.batchfiles import read_jsonl, write_batch
+from tests.deployments.test_stack import _infrastructure_pid, _published
 
 
 def _alerts(stack, batch_id: str) -> list[dict]:

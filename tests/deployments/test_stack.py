@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from batchfiles import read_jsonl, write_batch
-from engines import engine_requests_served
+from tests.batchfiles import read_jsonl, write_batch
+from tests.engines import engine_requests_served
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLS = ("gpu-spot", "gpu-dedicated", "nightshift-ops")

@@ -14,8 +14,9 @@ from uuid import UUID
 
 import pytest
 import yaml
-from batchfiles import write_batch
-from browsers import browser_test, chromium, new_page, screenshot, shots_dir
+
+from tests.batchfiles import write_batch
+from tests.browsers import browser_test, chromium, new_page, screenshot, shots_dir
 
 #: What a user decides, and so all the run forms offer (the product's part is hidden).
 PROCESS_BATCH_FORM = ["input_uri", "batch_id", "tier", "endpoint", "model", "shard_size", "deadline", "use_cache"]

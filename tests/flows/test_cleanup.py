@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from batchfiles import write_batch
-from test_process_batch import _engine_requests_served, _run
+
+from tests.batchfiles import write_batch
+from tests.flows.test_process_batch import _engine_requests_served, _run
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 

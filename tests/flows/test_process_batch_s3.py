@@ -9,12 +9,12 @@ import re
 import httpx
 import pytest
 import s3fs
-from batchfiles import write_batch
-from test_process_batch import _artifacts
 
 from nightshift.core.protocol import BatchRequestOutput
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
+from tests.batchfiles import write_batch
+from tests.flows.test_process_batch import _artifacts
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from engines import engine_requests_served
+
+from tests.engines import engine_requests_served
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from batchfiles import check_mixed_batch, write_batch
-from test_process_batch import _manifest, _run, run_against_raw_llm_chat
 
 from nightshift.core.artifacts import compute_version
 from nightshift.core.protocol import Endpoint
 from nightshift.settings import EngineConfig
+from tests.batchfiles import check_mixed_batch, write_batch
+from tests.flows.test_process_batch import _manifest, _run, run_against_raw_llm_chat
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 

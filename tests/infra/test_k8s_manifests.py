@@ -23,9 +23,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from k8s import as_submitted, declared_pools, load_template, main_container, render, template_path, tolerates
-from raycluster_schema import K8S_DEFINITIONS, RAYCLUSTER_V1_SCHEMA
 from referencing import Registry, Resource
+
+from tests.infra.raycluster_schema import K8S_DEFINITIONS, RAYCLUSTER_V1_SCHEMA
+from tests.k8s import as_submitted, declared_pools, load_template, main_container, render, template_path, tolerates
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "infra" / "k8s"

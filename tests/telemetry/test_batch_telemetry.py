@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batchfiles import write_batch
 from prometheus_client.parser import text_string_to_metric_families
 
 from nightshift.settings import LogConfig
 from nightshift.telemetry.logs import configure_logging
+from tests.batchfiles import write_batch
 
 pytestmark = [
     pytest.mark.usefixtures("ray_session", "prefect_api"),

@@ -13,8 +13,9 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from batchfiles import write_batch
-from browsers import BROWSER_MARKS, chromium, new_page, screenshot, shots_dir
+
+from tests.batchfiles import write_batch
+from tests.browsers import BROWSER_MARKS, chromium, new_page, screenshot, shots_dir
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.usefixtures("ray_session")]
 
@@ -115,12 +116,12 @@ def _usage(result) -> tuple[int, int, int]:
 
 
 def _first_output(output_uri: str) -> str:
-    from batchfiles import read_jsonl
+    from tests.batchfiles import read_jsonl
 
     return read_jsonl(output_uri)[0]["response"]["body"]["choices"][0]["message"]["content"]
 
 
 def _error_codes(error_uri: str) -> set[str]:
-    from batchfiles import read_jsonl
+    from tests.batchfiles import read_jsonl
 
     return {line["error"]["code"] for line in read_jsonl(error_uri)}
