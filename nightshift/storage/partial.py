@@ -5,33 +5,54 @@ with the reason, so the two files still hold each input line exactly once."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
-from pydantic import BaseModel
-
-from nightshift.core.artifacts import (
-    FileRecord,
-    RequestCounts,
-    ResultRow,
-    decode_results,
-    encode_rows,
-    to_output_line,
-    total_usage,
-    unanswered_rows,
-)
-from nightshift.core.hashing import sha256_bytes
-from nightshift.core.jsonl import split_lines
-from nightshift.core.protocol import BatchError, Usage
-from nightshift.core.sharding import decode_shard
+from nightshift.core.artifacts import ResultRow
+from nightshift.core.errors import StorageError
+from nightshift.core.jsonl import BOM, decode_line
+from nightshift.core.protocol import BatchError, ValidRequest
+from nightshift.storage.merge import MergedFiles, merge_results, stored_lines
 from nightshift.storage.store import ArtifactStore
 
 
-class PartialResults(BaseModel):
+class PartialResults(MergedFiles):
     """Where the partial output and error files are, and what they hold."""
 
-    output_file: FileRecord
-    error_file: FileRecord
-    request_counts: RequestCounts
-    usage: Usage
+
+def _not_finished(line: int, custom_id: str | None, code: str, message: str) -> bytes:
+    row = ResultRow(line=line, custom_id=custom_id, error=BatchError(code=code, message=message, line=line))
+    return row.model_dump_json().encode()
+
+
+def _unanswered(store: ArtifactStore, valid_path: str, code: str, message: str) -> Iterator[bytes]:
+    """An error row for every valid request (the merge keeps it only where no result exists)."""
+    for raw in stored_lines(store, valid_path):
+        request = ValidRequest.model_validate_json(raw)
+        yield _not_finished(request.line, request.custom_id, code, message)
+
+
+def _unvalidated(store: ArtifactStore, input_uri: str, code: str, message: str) -> Iterator[bytes]:
+    """An error row for every line of an input never validated, its ``custom_id`` kept when readable.
+
+    Lines are split and numbered by the rule of ``nightshift.core.jsonl.split_lines``, reading the
+    file in blocks instead of whole.
+    """
+    try:
+        f = store.fs.open(input_uri, "rb")
+    except FileNotFoundError as exc:
+        raise StorageError(f"missing artifact: {store.uri(input_uri)}") from exc
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            raw = raw.removesuffix(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                custom_id = json.loads(decode_line(raw)).get("custom_id")
+            except (ValueError, AttributeError):
+                custom_id = None
+            yield _not_finished(number, custom_id, code, message)
 
 
 def publish_partial(store: ArtifactStore, batch_id: str, input_uri: str, *, code: str, message: str) -> PartialResults:
@@ -42,33 +63,23 @@ def publish_partial(store: ArtifactStore, batch_id: str, input_uri: str, *, code
     """
     paths = store.newest(batch_id, "requests.jsonl")
     if paths is not None:
-        rows: list[ResultRow] = []
-        for extra in (paths.invalid, paths.cached):
-            if store.exists(extra):
-                rows += decode_results(store.read_bytes(extra))
-        for path in store.fs.glob(paths.shard_results("*")):
-            rows += decode_results(store.read_bytes(path))
-        rows += unanswered_rows(decode_shard(store.read_bytes(paths.valid)), rows, code=code, message=message)
+        found = [extra for extra in (paths.invalid, paths.cached) if store.exists(extra)]
+        found += store.fs.glob(paths.shard_results("*"))
+        merged = merge_results(
+            store,
+            [stored_lines(store, path) for path in found],
+            version=paths.version,
+            output_path=paths.partial_output,
+            errors_path=paths.partial_errors,
+            fallback=_unanswered(store, paths.valid, code, message),
+        )
     else:
         paths = store.batch(batch_id, "unvalidated")
-        rows = []
-        for number, text in split_lines(store.read_bytes(input_uri)):
-            try:
-                custom_id = json.loads(text).get("custom_id")
-            except (ValueError, AttributeError):
-                custom_id = None
-            rows.append(ResultRow(line=number, custom_id=custom_id, error=BatchError(code=code, message=message, line=number)))
-    rows.sort(key=lambda r: r.line)
-    lines = [to_output_line(r, version=paths.version) for r in rows]
-    ok, failed = [x for x in lines if x.ok], [x for x in lines if not x.ok]
-    records = []
-    for path, chosen in ((paths.partial_output, ok), (paths.partial_errors, failed)):
-        data = encode_rows(chosen)
-        store.write_bytes(path, data)
-        records.append(FileRecord(path=store.uri(path), sha256=sha256_bytes(data), bytes=len(data), lines=len(chosen)))
-    return PartialResults(
-        output_file=records[0],
-        error_file=records[1],
-        request_counts=RequestCounts(total=len(lines), completed=len(ok), failed=len(failed)),
-        usage=total_usage(r for r in rows if r.error is None),
-    )
+        merged = merge_results(
+            store,
+            [_unvalidated(store, input_uri, code, message)],
+            version=paths.version,
+            output_path=paths.partial_output,
+            errors_path=paths.partial_errors,
+        )
+    return PartialResults.model_validate(merged.model_dump())

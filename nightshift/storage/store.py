@@ -20,15 +20,125 @@ Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/
 
 from __future__ import annotations
 
+import errno
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import fsspec
+import tenacity
 from fsspec.core import url_to_fs
 
 from nightshift.core.artifacts import Manifest
 from nightshift.core.errors import StorageError
 from nightshift.settings import StorageConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long one storage call keeps retrying while the store does not answer, unless configured.
+DEFAULT_RETRY_SECONDS = 120.0
+
+#: Filesystem calls that reach the store; only these retry. Everything else on the filesystem
+#: (protocol, path helpers) is passed through untouched.
+_IO_CALLS = frozenset(
+    {
+        "cat", "cat_file", "pipe", "pipe_file", "put_file", "get_file", "open", "exists", "info", "isfile", "isdir",
+        "size", "modified", "ls", "glob", "find", "walk", "du", "mv", "copy", "cp_file", "rm", "rm_file", "makedirs",
+        "mkdir", "touch", "head", "tail",
+    }
+)  # fmt: skip
+
+_WRITES = frozenset({"pipe", "pipe_file", "put_file", "mv", "copy", "cp_file", "rm", "rm_file", "makedirs", "mkdir", "touch"})
+
+#: errno values that mean the store ran out of room: not transient, retrying would only wait.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True for errors that say the store did not answer (refused, reset, timed out), not that the
+    request was wrong: those are worth a retry."""
+    if isinstance(exc, ConnectionError | TimeoutError):  # builtins: refused, reset, fsspec's FSTimeoutError
+        return True
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # no S3 support installed: nothing of botocore's can be raised either
+        return False
+    return isinstance(exc, boto.ConnectionError | boto.HTTPClientError)
+
+
+def call_store(call: Callable[..., T], what: str, retry_seconds: float, *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` against the store, retried with exponential backoff (tenacity)
+    for up to ``retry_seconds`` while the store does not answer.
+
+    Raises:
+        StorageError: the store stayed unreachable, or is full. The message names neither the
+            server nor the library (it may reach a tenant); the log has both.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_unreachable),
+        stop=tenacity.stop_after_delay(retry_seconds),
+        # From half a second up to 10 s between tries, with jitter so that a fleet of workers that
+        # lost the store together does not come back in lockstep.
+        wait=tenacity.wait_exponential_jitter(initial=0.5, max=10),
+        before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    try:
+        return retrying(call, *args, **kwargs)
+    except Exception as exc:
+        if _unreachable(exc):
+            log.error("artifact store unreachable for %.0f s during %s: %r", retry_seconds, what, exc)
+            raise StorageError(
+                f"the artifact store did not answer for {retry_seconds:.0f} s while {what}; finished shards are kept, "
+                "run the batch again once the store is back to resume"
+            ) from exc
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            log.error("artifact store full during %s: %r", what, exc)
+            raise StorageError(
+                f"the artifact store is full (while {what}): nothing partial was published; free space and run the batch "
+                "again to resume from its finished shards"
+            ) from exc
+        raise
+
+
+class RetryingFileSystem:
+    """An fsspec filesystem whose calls that reach the store go through ``call_store``.
+
+    A thin proxy rather than a subclass: the store may be any fsspec implementation (local, memory,
+    s3fs...), and every module that uses ``ArtifactStore.fs`` gets the retries without knowing.
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, retry_seconds: float) -> None:
+        self.__dict__.update(_fs=fs, _retry_seconds=retry_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self.__dict__["_fs"], name)
+        if name not in _IO_CALLS or not callable(attr):
+            return attr
+
+        what = "writing" if name in _WRITES else "reading"
+
+        def retried(*args: Any, **kwargs: Any) -> Any:
+            return call_store(attr, what, self.__dict__["_retry_seconds"], *args, **kwargs)
+
+        return retried
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RetryingFileSystem, (self.__dict__["_fs"], self.__dict__["_retry_seconds"])
+
+    def __repr__(self) -> str:
+        return f"RetryingFileSystem({self.__dict__['_fs']!r})"
+
+    @property
+    def unwrapped(self) -> fsspec.AbstractFileSystem:
+        """The filesystem itself, for libraries that need a real ``AbstractFileSystem``."""
+        return self.__dict__["_fs"]
 
 
 @dataclass(frozen=True)
@@ -112,9 +222,12 @@ class ArtifactStore:
     renamed into place; on object stores a single PUT is already all-or-nothing.
     """
 
-    def __init__(self, root: str, **storage_options: object) -> None:
-        self.fs: fsspec.AbstractFileSystem
-        self.fs, path = url_to_fs(root.rstrip("/"), **storage_options)
+    def __init__(self, root: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS, **storage_options: object) -> None:
+        fs, path = url_to_fs(root.rstrip("/"), **storage_options)
+        # Every call that reaches the store retries while it does not answer (an S3 endpoint
+        # restarting, a network blip), so a finished shard is not lost to a 30 s outage.
+        self.fs: fsspec.AbstractFileSystem = RetryingFileSystem(fs, retry_seconds)
+        self.retry_seconds = retry_seconds
         self.root = path.rstrip("/")
         # An absolute URL (file:///abs/...) so that Ray workers with another cwd find the files.
         self.url = self.fs.unstrip_protocol(self.root)
@@ -123,7 +236,7 @@ class ArtifactStore:
     @classmethod
     def from_config(cls, config: StorageConfig) -> ArtifactStore:
         """The store a ``StorageConfig`` describes."""
-        return cls(config.root, **config.storage_options())
+        return cls(config.root, retry_seconds=config.retry_seconds, **config.storage_options())
 
     # -- the layout: every path in the store is built here and nowhere else ------------------
     @property

@@ -1,6 +1,10 @@
 """nightshift on an existing multi-node Ray: a head and a second node, each its own `ray start`
 process group on 127.0.0.1, joined by address by a `nightshift run` with two engine replicas.
 
+The second node is a node of a real cluster: it has the dependencies but not this repository (an
+interpreter whose site-packages lack the editable install of nightshift, started from an empty
+folder with no PYTHONPATH), so whatever runs there came with the job's runtime_env.
+
 The run is a subprocess: this test process may already hold the session's in-process Ray, and
 prefect-ray's task runner reuses an initialised Ray whatever address it is given.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from batchfiles import read_jsonl, write_batch
+
+from tests.batchfiles import read_jsonl, write_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +51,20 @@ ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 print(sum(1 for n in ray.nodes() if n["Alive"]))
 """
 
+#: Where the interpreter finds nightshift's packages (None: nowhere), once Ray is imported.
+FIND_CODE = """
+import importlib.util, ray
+for name in ("nightshift", "flows", "tasks", "blocks"):
+    print(importlib.util.find_spec(name))
+"""
+
+#: The node id of every alive node that is not the head.
+WORKER_NODES = """
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]))
+"""
+
 #: Waits until every engine actor on a cluster is up; prints the node id of each.
 ENGINE_NODES = """
 import json, sys, ray
@@ -67,21 +87,53 @@ def _alive_nodes(address: str) -> int:
     return int(_on_cluster(COUNT_NODES, address))
 
 
+def _python_without_nightshift(folder: Path) -> tuple[Path, dict[str, str]]:
+    """An interpreter with this venv's dependencies but not nightshift, and an environment without
+    the repository: what a node built from a Ray image plus the requirements has.
+
+    A venv whose one ``.pth`` line adds this venv's site-packages to ``sys.path``: the dependencies
+    import, but the ``.pth`` files in that folder (the editable install's finder for nightshift,
+    flows, tasks, blocks) are not run, since only a venv's own site folder has its ``.pth`` run.
+    """
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(folder)
+    (purelib,) = (folder / "lib").glob("python3*/site-packages")
+    (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
+    return folder / "bin" / "python", env
+
+
+def _start_in(cwd: Path, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``start_process`` (own process group, output to ``log``) with ``cwd`` as working folder."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """A two-node Ray on 127.0.0.1: a head and a worker node (2 CPUs each), each `ray start --block`
-    in its own process group and temp dir, stopped by killing that group; yields the head's address."""
-    from nightshift.engine.runner import RAY_ENV
-    from nightshift.services import local_ray_head, start_process, stop_process_group
+    in its own process group and temp dir, stopped by killing that group; yields the head's address.
+    The worker node runs from an empty folder on an interpreter that cannot import nightshift."""
+    from nightshift.runtime import RAY_ENV
+    from nightshift.services import local_ray_head, stop_process_group
 
     root = Path(tempfile.mkdtemp(prefix="ns-rc-", dir="/tmp"))  # Ray's socket paths must stay short
     try:
+        python, env = _python_without_nightshift(root / "py")
+        empty = root / "cwd"
+        empty.mkdir()
+        probe = subprocess.run([python, "-c", FIND_CODE], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
+        assert probe.stdout.split() == ["None"] * 4, probe.stdout + probe.stderr[-2000:]  # Ray imports, nightshift does not
         with local_ray_head(root / "head", num_cpus=2) as address:
             node_dir = root / "node"
             node_dir.mkdir()
-            args = [sys.executable, "-c", RAY_START_ON_LOOPBACK, "start", f"--address={address}", "--block"]
+            args = [str(python), "-c", RAY_START_ON_LOOPBACK, "start", f"--address={address}", "--block"]
             args += ["--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={node_dir}", "--disable-usage-stats"]
-            node = start_process(args, {**os.environ, **RAY_ENV}, node_dir / "node.log")
+            node = _start_in(empty, args, {**env, **RAY_ENV}, node_dir / "node.log")
             try:
                 deadline = time.monotonic() + 90
                 while _alive_nodes(address) < 2:
@@ -148,5 +200,29 @@ def test_a_batch_on_a_two_node_cluster_uses_a_replica_on_each_node(ray_cluster, 
     assert all(w is not None for w in workers)
     assert len({w["node_id"] for w in workers}) >= 2, workers  # both replicas took shards, one per node
     assert {w["actor"]: w["node_id"] for w in workers} == engines
+    # The node without the repository ran shards with the code the driver shipped, and says which.
+    (bare_node,) = json.loads(_on_cluster(WORKER_NODES, ray_cluster))
+    assert any(w["node_id"] == bare_node for w in workers), (bare_node, workers)
+    # '<installed version>+<hash of the shipped sources>', one for the whole job (both replicas got
+    # the same upload). Not compared with this checkout's hash: the warm replicas keep the code of
+    # the job that started them, and a shared checkout may change in between.
+    from nightshift.engine.cluster import installed_version
+
+    (version,) = {w["nightshift_version"] for w in workers}
+    assert re.fullmatch(rf"{re.escape(installed_version() or '0')}\+[0-9a-f]{{12}}", version), version
     assert "replicas" not in manifest["engine_params_in_version"]
     assert manifest["engine"]["replicas"] == 2
+
+
+def test_code_is_shipped_only_to_a_cluster_joined_by_address_and_only_when_not_installed():
+    from nightshift.engine.cluster import VERSION_ENV, build_runtime_env, shipped_version
+    from nightshift.engine.runner import ray_init_kwargs
+    from nightshift.settings import RayConfig
+
+    assert build_runtime_env(RayConfig()) is None  # a local Ray runs this environment's code
+    assert build_runtime_env(RayConfig(address="10.0.0.5:6379", code="installed")) is None
+    env = ray_init_kwargs(RayConfig(address="ray://10.0.0.5:10001"))["runtime_env"]
+    assert [Path(p).name for p in env["py_modules"]] == ["nightshift", "flows", "tasks", "blocks"]
+    assert "__pycache__/" in env["excludes"] and "*.pyc" in env["excludes"]
+    assert env["env_vars"] == {VERSION_ENV: shipped_version()}
+    assert "runtime_env" not in ray_init_kwargs(RayConfig(address="auto", code="installed"))

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from batchfiles import chat_line, read_jsonl
-from test_process_batch import _engine_requests_served, _run
+
+from tests.batchfiles import chat_line, read_jsonl
+from tests.flows.test_process_batch import _engine_requests_served, _run
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
