@@ -13,7 +13,7 @@ import contextvars
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nightshift.core.errors import NightshiftError
 from nightshift.core.lifecycle import STATUS_TIMESTAMPS, TERMINAL, UNFINISHED, BatchStatus
@@ -202,6 +202,8 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(32), default="processed")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # OpenAI's expires_at: set from the upload's expires_after, or the batch's output_expires_after.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, index=True)
 
 
 class Batch(Base):
@@ -240,6 +242,8 @@ class Batch(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Seconds after their creation the batch's output and error files expire (None: no expiry).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     in_progress_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -275,6 +279,23 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64))
     object_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class _GatewaySession(Session):
+    """The gateway's write session: a batch's output expiry reaches the files attached to it."""
+
+
+@event.listens_for(_GatewaySession, "before_flush")
+def _output_files_expire_with_their_batch(session: Session, _context: Any, _instances: Any) -> None:
+    # Whoever attaches the output and error files (the lifecycle, on publish), they expire as the
+    # batch's output_expires_after says: the rule lives here, once, next to both columns.
+    for batch in (*session.new, *session.dirty):
+        if not isinstance(batch, Batch) or batch.output_expires_after is None:
+            continue
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            found = session.get(File, file_id) if file_id else None
+            if found is not None and found.purpose == "batch_output" and found.expires_at is None:
+                found.expires_at = found.created_at + timedelta(seconds=batch.output_expires_after)
 
 
 def async_url(url: str) -> str:
@@ -340,7 +361,7 @@ class Database:
             self.read_engine = create_async_engine(self.url, connect_args=connect_args)
             _configure_sqlite(self.read_engine, begin="BEGIN")
         # expire_on_commit=False: handlers render objects after the commit, and async cannot lazy-load.
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, sync_session_class=_GatewaySession)
         # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in SQLite's
         # busy handler (steps of up to 100 ms): under fifty concurrent requests that is the whole
         # latency tail. Writers of this process queue on an asyncio lock instead and take the file
@@ -449,8 +470,11 @@ async def add_file(
     sha256: str | None = None,
     id: str | None = None,
     status: str = "processed",
+    expires_after_seconds: int | None = None,
 ) -> File:
-    """Record an uploaded file whose content is already stored at ``uri`` (``id``: a ``new_file_id()`` chosen first)."""
+    """Record an uploaded file whose content is already stored at ``uri`` (``id``: a ``new_file_id()`` chosen first);
+    with ``expires_after_seconds`` it expires that long after its creation."""
+    now = utcnow()
     file = File(
         id=id or new_file_id(),
         org_id=org_id,
@@ -461,21 +485,27 @@ async def add_file(
         uri=uri,
         sha256=sha256,
         status=status,
-        created_at=utcnow(),
+        created_at=now,
+        expires_at=None if expires_after_seconds is None else now + timedelta(seconds=expires_after_seconds),
     )
     session.add(file)
     await session.flush()
     return file
 
 
+def _live_file() -> Any:
+    """Not deleted, and not past its expiry (gone at once, before the sweep deletes it)."""
+    return and_(File.deleted_at.is_(None), or_(File.expires_at.is_(None), File.expires_at > utcnow()))
+
+
 async def get_file(session: AsyncSession, org_id: str, file_id: str, include_deleted: bool = False) -> File | None:
-    """The org's file ``file_id``; None if missing, another org's (no existence leak) or deleted.
+    """The org's file ``file_id``; None if missing, another org's (no existence leak), deleted or expired.
 
     ``include_deleted`` finds deleted files too: a running batch still reads its input file.
     """
     query = select(File).where(File.id == file_id, File.org_id == org_id)
     if not include_deleted:
-        query = query.where(File.deleted_at.is_(None))
+        query = query.where(_live_file())
     return (await session.execute(query)).scalar_one_or_none()
 
 
@@ -493,7 +523,7 @@ async def list_files(
     Raises:
         NotFound: ``after`` is not one of the org's files.
     """
-    query = select(File).where(File.org_id == org_id, File.deleted_at.is_(None))
+    query = select(File).where(File.org_id == org_id, _live_file())
     if purpose is not None:
         query = query.where(File.purpose == purpose)
     if after is not None:
@@ -523,6 +553,18 @@ async def mark_file_deleted(session: AsyncSession, file: File | str, now: dateti
 
 #: ``File.status`` once a deleted file's bytes are gone from the store.
 FILE_PURGED = "deleted"
+
+
+async def expire_files(session: AsyncSession, now: datetime | None = None) -> list[File]:
+    """Soft-delete every live file whose ``expires_at`` has passed (as OpenAI does: the id stops
+    working); the bytes go with the next purge, once no unfinished batch reads them."""
+    now = now or utcnow()
+    query = select(File).where(File.deleted_at.is_(None), File.expires_at.is_not(None), File.expires_at <= now)
+    rows = list((await session.execute(query)).scalars())
+    for row in rows:
+        row.deleted_at = now
+    await session.flush()
+    return rows
 
 
 async def files_to_purge(session: AsyncSession, file_id: str | None = None) -> list[File]:

@@ -79,16 +79,18 @@ class BatchLifecycle:
         now: datetime,
         priority: str = "normal",
         drill: dict[str, Any] | None = None,
+        output_expires_after: int | None = None,
     ) -> Batch:
         """Record a batch for ``source`` and hand it to a pool. Any start failure (orchestration
         down, placement refused) ends the batch ``failed`` with OpenAI's ``errors.data``: no row is
-        left ``validating`` without a run, and a client never sees a 500 for it."""
+        left ``validating`` without a run, and a client never sees a 500 for it.
+        ``output_expires_after`` (seconds) gives its output and error files their ``expires_at``."""
         batch_id = db.new_batch_id()
         async with self.database.session() as session:
             await db.add_batch(
                 session, id=batch_id, org_id=who.org_id, input_file_id=source.id, endpoint=endpoint.value,
                 completion_window=completion_window, metadata=metadata, tier=tier, deadline=deadline,
-                expires_at=deadline, created_at=now, webhook_url=webhook,
+                expires_at=deadline, created_at=now, webhook_url=webhook, output_expires_after=output_expires_after,
             )  # fmt: skip
         metrics.BATCHES.labels(status=BatchStatus.VALIDATING.value).inc()
         try:

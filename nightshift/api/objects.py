@@ -44,7 +44,13 @@ def unix(ts: datetime | None) -> int | None:
 def file_object(f: File) -> FileObject:
     """A ``file`` object."""
     return FileObject(
-        id=f.id, bytes=f.bytes, created_at=unix(f.created_at) or 0, filename=f.filename, purpose=f.purpose, status=f.status
+        id=f.id,
+        bytes=f.bytes,
+        created_at=unix(f.created_at) or 0,
+        filename=f.filename,
+        purpose=f.purpose,
+        status=f.status,
+        expires_at=unix(f.expires_at),
     )
 
 

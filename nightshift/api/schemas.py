@@ -9,6 +9,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nightshift.core.retention import ExpiresAfter
+
 T = TypeVar("T")
 
 
@@ -38,6 +40,7 @@ class FileObject(BaseModel):
     filename: str
     purpose: str
     status: str
+    expires_at: int | None = Field(default=None, description="Unix seconds when the file expires and is deleted.")
 
 
 class FileDeleted(BaseModel):
@@ -68,6 +71,9 @@ class BatchCreate(BaseModel):
     endpoint: str = Field(max_length=64)
     completion_window: str = Field(default="24h", max_length=16)
     metadata: dict[str, str] | None = Field(default=None, description="At most 16 pairs; keys ≤ 64, values ≤ 512 characters.")
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None, description="When the batch's output and error files expire, counted from their creation."
+    )
 
 
 class BatchError(BaseModel):

@@ -21,6 +21,7 @@ class Endpoint(enum.StrEnum):
     CHAT_COMPLETIONS = "/v1/chat/completions"
     COMPLETIONS = "/v1/completions"
     EMBEDDINGS = "/v1/embeddings"
+    RESPONSES = "/v1/responses"
 
     @property
     def is_generative(self) -> bool:
@@ -171,13 +172,116 @@ class EmbeddingRequest(_Body):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-RequestBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+class ResponseInputText(BaseModel):
+    """One text part of a Responses input message (``input_text``; ``output_text`` in an assistant turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class ResponseInputMessage(BaseModel):
+    """One message of a Responses ``input`` list (OpenAI's ``EasyInputMessage`` / input ``message`` item)."""
+
+    # id and status ride along when a caller replays an earlier response's output message.
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: list[ResponseInputText] = Field(description="Text parts; a string is read as one text part.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_is_one_part(cls, v: Any) -> Any:
+        # One shape for both forms, so an error names the field, not a member of a union.
+        return [{"type": "input_text", "text": v}] if isinstance(v, str) else v
+
+    def text(self) -> str:
+        """The message's text, with content parts joined."""
+        return "".join(part.text for part in self.content)
+
+
+class ResponseFormatText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(BaseModel):
+    """``text.format`` asking for JSON that fits ``schema`` (OpenAI's flat shape, not chat's nested one)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["json_schema"]
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    schema_: dict[str, Any] = Field(alias="schema", description="JSON schema the output must fit.")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseTextConfig(BaseModel):
+    """``text``: the output's format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: (
+        Annotated[ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")] | None
+    ) = None
+
+
+class ResponsesRequest(_Body):
+    """Body of a ``/v1/responses`` line (OpenAI's Responses API, answered without server-side state)."""
+
+    input: Annotated[list[ResponseInputMessage], Field(min_length=1)] = Field(
+        description="The prompt: a string (one user message) or a list of messages."
+    )
+    instructions: str | None = Field(default=None, description="A system message put before the input.")
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Limit on generated tokens.")
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = Field(
+        default=None, description="Sampling temperature; 0 is greedy. OpenAI's default is 1."
+    )
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    text: ResponseTextConfig | None = None
+    # Only `false` is accepted: a batch line's answer lives in the output file, never in a response store.
+    store: Literal[False] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _string_is_one_user_message(cls, v: Any) -> Any:
+        # The parsed form only; the line's body goes to the engine as written.
+        if isinstance(v, str):
+            return [{"role": "user", "content": v}]
+        if not isinstance(v, list):
+            raise ValueError("input must be a string or a list of messages")
+        return v
+
+    def token_budget(self) -> int | None:
+        """The output token limit the request asks for, if any."""
+        return self.max_output_tokens
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The conversation the model sees, as chat messages (instructions first, as a system message)."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions is not None else []
+        return [*messages, *({"role": m.role, "content": m.text()} for m in self.input)]
+
+
+RequestBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
 
 BODY_MODELS: dict[Endpoint, type[RequestBody]] = {
     Endpoint.CHAT_COMPLETIONS: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
+    Endpoint.RESPONSES: ResponsesRequest,
 }
+
+_STATELESS = "batch lines are independent and nothing is stored between them; send the whole conversation in input"
 
 #: Why a field of the OpenAI API is refused, where there is more to say than "not supported".
 REFUSED_FIELDS: dict[str, str] = {
@@ -185,6 +289,10 @@ REFUSED_FIELDS: dict[str, str] = {
     "stream_options": "a batch returns each answer whole; streaming does not apply to batch requests",
     "functions": "deprecated by OpenAI; use tools",
     "function_call": "deprecated by OpenAI; use tool_choice",
+    "store": "a batch line's response is never stored server-side; it is in the batch's output file (store may only be false)",
+    "previous_response_id": _STATELESS,
+    "conversation": _STATELESS,
+    "background": "a batch line already runs in the background, and its answer is in the batch's output file",
 }
 
 
@@ -328,3 +436,59 @@ class CreateEmbeddingResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: Usage
+
+
+class ResponseOutputText(BaseModel):
+    """One text part of a Responses output message."""
+
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class ResponseOutputMessage(BaseModel):
+    """The assistant message of a Responses answer (an ``output[]`` item)."""
+
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: Literal["completed", "incomplete"] = "completed"
+    content: list[ResponseOutputText]
+
+
+class ResponseUsage(BaseModel):
+    """Token counts of a Responses answer (OpenAI's names: input/output tokens)."""
+
+    input_tokens: int
+    input_tokens_details: dict[str, int] = Field(default_factory=lambda: {"cached_tokens": 0, "cache_write_tokens": 0})
+    output_tokens: int
+    output_tokens_details: dict[str, int] = Field(default_factory=lambda: {"reasoning_tokens": 0})
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """Body of a ``/v1/responses`` answer: OpenAI's ``response`` object."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    model: str
+    status: Literal["completed", "incomplete"]
+    incomplete_details: dict[str, str] | None = Field(default=None, description='{"reason": "max_output_tokens"} when cut short.')
+    instructions: str | None = None
+    output: list[ResponseOutputMessage]
+    parallel_tool_calls: bool = True
+    tool_choice: Literal["none"] = "none"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    temperature: float
+    top_p: float
+    max_output_tokens: int
+    text: dict[str, Any] | None = None
+    user: str | None = None
+    usage: ResponseUsage
+
+    def as_usage(self) -> Usage:
+        """The answer's token counts under nightshift's (chat) names."""
+        u = self.usage
+        return Usage(prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens, total_tokens=u.total_tokens)

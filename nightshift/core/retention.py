@@ -4,14 +4,38 @@ A version's age counts from its *last* write (the newest file in its folder), no
 re-running a published version rewrites its ``sla.json``, so a batch that is still in use keeps
 its results. Results stay until their retention ends even when request-cache entries still point
 at them; once they are gone such an entry is a miss (see ``nightshift.core.cache``).
+
+A file can also carry its own expiry, OpenAI's ``expires_after`` (on upload) and
+``output_expires_after`` (a batch's output and error files): ``ExpiresAfter`` holds the rule and
+its bounds, and the gateway deletes the file once its ``expires_at`` has passed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+#: OpenAI's bounds on a file expiry: one hour to thirty days after the anchor.
+EXPIRES_AFTER_MIN_SECONDS = 3600
+EXPIRES_AFTER_MAX_SECONDS = 30 * 24 * 3600
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's file expiration policy: the file expires ``seconds`` after its ``created_at``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"] = Field(description="What the expiry counts from; OpenAI supports only created_at.")
+    seconds: Annotated[int, Field(ge=EXPIRES_AFTER_MIN_SECONDS, le=EXPIRES_AFTER_MAX_SECONDS)] = Field(
+        description="Seconds after the anchor the file expires (3600 to 2592000)."
+    )
+
+    def expires_at(self, created_at: datetime) -> datetime:
+        """When a file created at ``created_at`` expires."""
+        return created_at + timedelta(seconds=self.seconds)
 
 
 class VersionInfo(BaseModel):

@@ -23,9 +23,11 @@ from pydantic import ValidationError
 from nightshift.core.errors import BatchFileError, InputSchemaError
 from nightshift.core.jsonl import UndecodableLine, split_lines
 from nightshift.core.protocol import (
+    REFUSED_FIELDS,
     BatchRequestInput,
     ChatCompletionRequest,
     Endpoint,
+    ResponsesRequest,
     ValidRequest,
     refusal_message,
 )
@@ -34,6 +36,9 @@ from nightshift.core.protocol import (
 TokenCounter = Callable[[Endpoint, dict[str, Any]], int]
 
 _ENDPOINTS = [e.value for e in Endpoint]
+
+#: The body field holding the prompt, named by a context-length error.
+_PROMPT_PARAM: dict[type, str] = {ChatCompletionRequest: "body.messages", ResponsesRequest: "body.input"}
 
 
 def _is_nonempty_str(value: Any) -> bool:
@@ -166,12 +171,14 @@ def _body_error(exc: ValidationError, *, line: int, custom_id: str) -> InputSche
     """A body's first problem: a missing or mistyped field (``invalid_request``) before a top-level
     field nightshift does not honour (``unsupported_parameter``, naming it)."""
     problems = exc.errors()
-    wrong = [p for p in problems if not (p["type"] == "extra_forbidden" and len(p["loc"]) == 1)]
+    # A refused field (``store: true``) is refused with its reason, like an undeclared one.
+    refused = [p for p in problems if len(p["loc"]) == 1 and (p["type"] == "extra_forbidden" or p["loc"][0] in REFUSED_FIELDS)]
+    wrong = [p for p in problems if p not in refused]
     if wrong:
         return InputSchemaError.from_pydantic(
             SimpleNamespace(errors=lambda: wrong), line=line, prefix="body", custom_id=custom_id
         )
-    field = str(problems[0]["loc"][0])
+    field = str(refused[0]["loc"][0])
     return InputSchemaError(
         refusal_message(field), line=line, param=field[:64], custom_id=custom_id, code="unsupported_parameter"
     )
@@ -249,7 +256,11 @@ def validate_lines(
             continue
         prompt_tokens = None
         if count_tokens is not None and max_model_len is not None:
-            prompt_tokens = count_tokens(req.url, req.body)
+            if isinstance(body, ResponsesRequest):
+                # The model sees a Responses input as the chat conversation it renders to.
+                prompt_tokens = count_tokens(Endpoint.CHAT_COMPLETIONS, {"messages": body.chat_messages()})
+            else:
+                prompt_tokens = count_tokens(req.url, req.body)
             budget = body.token_budget() if hasattr(body, "token_budget") else None
             needed = prompt_tokens + (budget or 0) if req.url.is_generative else prompt_tokens
             if prompt_tokens >= max_model_len or needed > max_model_len:
@@ -258,7 +269,7 @@ def validate_lines(
                     InputSchemaError(
                         f"prompt is {prompt_tokens} tokens{asked}; the model's maximum context length is {max_model_len} tokens",
                         line=number,
-                        param="body.messages" if isinstance(body, ChatCompletionRequest) else "body",
+                        param=_PROMPT_PARAM.get(type(body), "body"),
                         custom_id=cid,
                         code="context_length_exceeded",
                     )

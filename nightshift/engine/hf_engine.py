@@ -22,6 +22,9 @@ in small left-padded groups), but it runs wherever torch runs. It is built to an
 What this engine cannot match it refuses for the line (``unsupported_parameter`` naming the field)
 rather than answer differently: ``tools``/``tool_choice`` (vLLM's grammar-forced calls and tool
 parsers), ``logprobs``/``top_logprobs`` and ``logit_bias``. Run such batches on the vLLM engine.
+A ``/v1/responses`` line is answered as the chat request it stands for (``instructions`` as the
+system message, ``max_output_tokens`` as the budget, ``text.format`` as ``response_format``) and
+shaped as OpenAI's ``response`` object.
 
 Greedy outputs are therefore the same as vLLM's up to floating-point differences between the
 two engines' kernels: identical on the tiny test model for short outputs; on a real model a
@@ -49,6 +52,7 @@ from nightshift.core.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     Endpoint,
+    ResponsesRequest,
     Usage,
     ValidRequest,
 )
@@ -174,7 +178,7 @@ class TransformersEngine(BaseEngine):
 
     # ------------------------------------------------------------------ generation
 
-    def _run_many(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+    def _run_many(self, requests: Sequence[ValidRequest], priority: int = 0) -> list[ResultRow]:  # one at a time: no ranking
         if self.endpoint is Endpoint.EMBEDDINGS:
             return self._embed(requests)
         rows: list[ResultRow | None] = [None] * len(requests)
@@ -192,9 +196,15 @@ class TransformersEngine(BaseEngine):
     def _prepare(self, index: int, request: ValidRequest) -> _Job:
         """Tokenize one request and resolve its sampling settings as vLLM would."""
         body: ChatCompletionRequest | CompletionRequest
-        if self.endpoint is Endpoint.CHAT_COMPLETIONS:
+        if self.endpoint is Endpoint.RESPONSES:
+            # The chat request it stands for: the same prompt, budget and format, answered alike.
+            body = sampling.chat_request_for(ResponsesRequest.model_validate(request.body))
+        elif self.endpoint is Endpoint.CHAT_COMPLETIONS:
             body = ChatCompletionRequest.model_validate(request.body)
-            sampling.refuse_unmatched(body, "the transformers engine")
+        else:
+            body = CompletionRequest.model_validate(request.body)
+        sampling.refuse_unmatched(body, "the transformers engine")
+        if isinstance(body, ChatCompletionRequest):
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
             rendered: Any = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -202,8 +212,6 @@ class TransformersEngine(BaseEngine):
             ids = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
             echo = ""
         else:
-            body = CompletionRequest.model_validate(request.body)
-            sampling.refuse_unmatched(body, "the transformers engine")
             ids = list(self.tokenizer(body.prompt)["input_ids"])
             echo = body.prompt if body.echo else ""
         self._check_context(len(ids), generating=True)
@@ -330,6 +338,17 @@ class TransformersEngine(BaseEngine):
         return text, min(len(tokens), job.max_new), "length"
 
     def _row(self, job: _Job, choices: list[tuple[str, int, str | None]]) -> ResultRow:
+        if self.endpoint is Endpoint.RESPONSES:
+            (choice,) = choices
+            answer = sampling.response_object(
+                model=self.model_name,
+                body=ResponsesRequest.model_validate(job.request.body),
+                prompt_tokens=len(job.ids),
+                choice=choice,
+                max_tokens=job.max_new,
+            )
+            data = answer.model_dump(mode="json")
+            return ResultRow(line=job.request.line, custom_id=job.request.custom_id, body=data, usage=answer.as_usage())
         build = sampling.chat_completion if self.endpoint is Endpoint.CHAT_COMPLETIONS else sampling.completion
         body = build(
             model=self.model_name,

@@ -24,7 +24,7 @@ from nightshift.core.errors import UnsupportedRequestError
 from nightshift.core.protocol import BatchError, ChatCompletionRequest, CompletionRequest, Endpoint, ValidRequest
 from nightshift.engine import sampling
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome
-from nightshift.engine.vllm_engine import CPU_ENV
+from nightshift.runtime import ENGINE_ENV
 from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 
@@ -34,7 +34,7 @@ def _processor_config(spec: EngineSpec) -> Any:
 
     cfg = spec.config
     light = {"num_cpus": 0.1, "concurrency": 1}  # CPU stages must not take the engine's cores
-    env = {**CPU_ENV, "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_space_gib)}
+    env = {**ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_space_gib)}
     engine_kwargs: dict[str, Any] = {
         "dtype": cfg.dtype,
         "max_model_len": cfg.max_model_len,
@@ -129,8 +129,10 @@ def run_shards_ray_data(
     import ray.data
     from ray.data.llm import build_processor
 
-    if spec.endpoint is Endpoint.EMBEDDINGS:
-        raise NotImplementedError("the ray-data-llm backend serves generation; use the actor backend for embeddings")
+    if spec.endpoint in (Endpoint.EMBEDDINGS, Endpoint.RESPONSES):
+        raise NotImplementedError(
+            f"the ray-data-llm backend serves chat and completions lines; use the actor backend for {spec.endpoint.value}"
+        )
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     store = ArtifactStore.from_config(storage)

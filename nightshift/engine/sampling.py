@@ -2,6 +2,9 @@
 the engines that do not run vLLM's OpenAI serving layer (the transformers engine, the
 ``ray-data-llm`` backend).
 
+A ``/v1/responses`` body is answered as the chat request it stands for (``chat_request_for``) and
+shaped as OpenAI's ``response`` object (``response_object``).
+
 ``VLLMEngine`` does not use this module: vLLM's own request models and serving classes translate
 its bodies, so it honours every field as vLLM's server does. The mapping here follows vLLM's
 rules for the fields it covers, and ``refuse_unmatched`` names the fields it cannot honour that
@@ -26,6 +29,13 @@ from nightshift.core.protocol import (
     CompletionRequest,
     CreateEmbeddingResponse,
     EmbeddingData,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    ResponseObject,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponsesRequest,
+    ResponseUsage,
     Usage,
 )
 
@@ -90,6 +100,49 @@ def sampling_kwargs(
         elif kind == "json_object":
             kwargs["structured_outputs"] = {"json_object": True}
     return kwargs
+
+
+def chat_request_for(body: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat request a Responses body asks for, as vLLM renders it: ``instructions`` as a system
+    message before the input messages, ``max_output_tokens`` as the completion budget, and
+    ``text.format`` as the ``response_format`` of the same kind."""
+    fmt = body.text.format if body.text is not None else None
+    response_format: dict[str, Any] | None = None
+    if isinstance(fmt, ResponseFormatJSONSchema):
+        response_format = {"type": "json_schema", "json_schema": {"name": fmt.name, "schema": fmt.schema_}}
+    elif isinstance(fmt, ResponseFormatJSONObject):
+        response_format = {"type": "json_object"}
+    return ChatCompletionRequest(
+        model=body.model,
+        messages=body.chat_messages(),  # type: ignore[arg-type]  # validated into ChatMessage
+        max_completion_tokens=body.max_output_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        response_format=response_format,
+    )
+
+
+def response_object(
+    *, model: str, body: ResponsesRequest, prompt_tokens: int, choice: tuple[str, int, str | None], max_tokens: int
+) -> ResponseObject:
+    """A ``response`` body from (text, output tokens, finish reason), cut short (``incomplete``) at the budget."""
+    text, tokens, reason = choice
+    complete = reason != "length"
+    return ResponseObject(
+        id=f"resp_{uuid.uuid4().hex}",
+        created_at=int(time.time()),
+        model=model,
+        status="completed" if complete else "incomplete",
+        incomplete_details=None if complete else {"reason": "max_output_tokens"},
+        instructions=body.instructions,
+        output=[ResponseOutputMessage(id=f"msg_{uuid.uuid4().hex}", content=[ResponseOutputText(text=text)])],
+        temperature=OPENAI_DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        max_output_tokens=max_tokens,
+        text=None if body.text is None else body.text.model_dump(mode="json", by_alias=True),
+        user=body.user,
+        usage=ResponseUsage(input_tokens=prompt_tokens, output_tokens=tokens, total_tokens=prompt_tokens + tokens),
+    )
 
 
 def _finish_reason(reason: str | None) -> str | None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_app import ScriptedOrchestrator, chat_lines, run_gateway, settings_for
-from loopback import LoopbackServer, Reply
 
 from nightshift.api.app import GatewayConfigError, create_app
 from nightshift.api.auth import issue_jwt
 from nightshift.api.tracker import RunState
 from nightshift.settings import ApiConfig, LimitsConfig, Settings, StorageConfig
+from tests.api.gateway_app import ScriptedOrchestrator, chat_lines, run_gateway, settings_for
+from tests.api.loopback import LoopbackServer, Reply
 
 MiB = 1024 * 1024
 

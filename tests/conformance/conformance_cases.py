@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"
 
 #: The tiny model's name in the batch (its folder name, as ``resolve_model`` names it).
 SERVED_MODEL = "tiny-qwen2"
@@ -63,6 +63,11 @@ def completion(**body: Any) -> dict[str, Any]:
 def embedding(**body: Any) -> dict[str, Any]:
     """An embeddings body on the served model."""
     return {"model": SERVED_MODEL, "input": "Tell me about the sea.", **body}
+
+
+def response(**body: Any) -> dict[str, Any]:
+    """A greedy Responses body on the served model."""
+    return {"model": SERVED_MODEL, "input": "Tell me about the sea.", "temperature": 0, "max_output_tokens": 8, **body}
 
 
 def refused(case_id: str, url: str, body: dict[str, Any], param: str, vllm: str, code: str = "unsupported_parameter") -> Case:
@@ -174,4 +179,66 @@ CASES: list[Case] = [
     Case("embed-float", EMBEDDINGS, embedding(encoding_format="float"), "encoding_format"),
     refused("embed-dimensions", EMBEDDINGS, embedding(dimensions=8), "dimensions", vllm="refuses"),
     refused("embed-unknown-model", EMBEDDINGS, embedding(model="NonExistModel"), "model", vllm="refuses", code="model_not_found"),
+    # --- /v1/responses: answered by vLLM's Responses serving layer, with no server-side state
+    Case("resp-plain", RESPONSES, response(), "input"),
+    Case(
+        "resp-messages",
+        RESPONSES,
+        response(input=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, *MESSAGES]),
+        "input",
+        note="a list of messages",
+    ),
+    Case(
+        "resp-input-text-parts",
+        RESPONSES,
+        response(input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me"}]}]),
+        "input",
+        note="`input_text` content parts",
+    ),
+    Case("resp-instructions", RESPONSES, response(instructions="Answer in one word."), "instructions"),
+    Case(
+        "resp-max-output-tokens", RESPONSES, response(max_output_tokens=3), "max_output_tokens", checks={"completion_tokens": 3}
+    ),
+    Case(
+        "resp-default-budget",
+        RESPONSES,
+        {k: v for k, v in response().items() if k != "max_output_tokens"},
+        "max_output_tokens",
+        checks={"completion_tokens": 8},
+        note="left out: the engine's default budget",
+    ),
+    Case("resp-top-p", RESPONSES, response(top_p=0.5), "top_p"),
+    Case(
+        "resp-json-schema",
+        RESPONSES,
+        response(max_output_tokens=12, text={"format": {"type": "json_schema", "name": "s", "schema": SCORE_SCHEMA}}),
+        "text",
+        checks={"content_starts": '{"score":'},
+    ),
+    Case("resp-json-object", RESPONSES, response(max_output_tokens=12, text={"format": {"type": "json_object"}}), "text"),
+    Case("resp-store-false", RESPONSES, response(store=False), "store"),
+    Case("resp-user", RESPONSES, response(user="u-1"), "user"),
+    refused("resp-store", RESPONSES, response(store=True), "store", vllm="answers"),
+    refused(
+        "resp-previous-response-id", RESPONSES, response(previous_response_id="resp_1"), "previous_response_id", vllm="refuses"
+    ),
+    refused("resp-background", RESPONSES, response(background=True), "background", vllm="refuses"),
+    refused("resp-stream", RESPONSES, response(stream=True), "stream", vllm="refuses"),
+    refused(
+        "resp-tools",
+        RESPONSES,
+        response(tools=[{"type": "function", "name": "now", "parameters": {"type": "object", "properties": {}}}]),
+        "tools",
+        vllm="answers",
+    ),
+    refused("resp-metadata", RESPONSES, response(metadata={"k": "v"}), "metadata", vllm="answers"),
+    refused("resp-unknown-model", RESPONSES, response(model="NonExistModel"), "model", vllm="refuses", code="model_not_found"),
+    refused(
+        "resp-wrong-type",
+        RESPONSES,
+        response(max_output_tokens="many"),
+        "body.max_output_tokens",
+        vllm="refuses",
+        code="invalid_request",
+    ),
 ]

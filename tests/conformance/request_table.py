@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conformance_cases import ANSWERED, CASES, Case
+from tests.conformance.conformance_cases import ANSWERED, CASES, Case
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "request-fields.md"
 
@@ -33,14 +33,17 @@ edit by hand.*
 def _transformers(case: Case) -> str:
     """What the transformers fallback engine does with the case's body (beyond validation)."""
     from nightshift.core.errors import UnsupportedRequestError
-    from nightshift.core.protocol import BODY_MODELS, Endpoint
+    from nightshift.core.protocol import BODY_MODELS, Endpoint, ResponsesRequest
     from nightshift.engine import sampling
 
     endpoint = Endpoint(case.url)
     if case.outcome != ANSWERED or endpoint is Endpoint.EMBEDDINGS:
         return "as nightshift"
+    body = BODY_MODELS[endpoint].model_validate(case.body)
+    if isinstance(body, ResponsesRequest):
+        body = sampling.chat_request_for(body)  # as the transformers engine answers it
     try:
-        sampling.refuse_unmatched(BODY_MODELS[endpoint].model_validate(case.body), "the transformers engine")  # type: ignore[arg-type]
+        sampling.refuse_unmatched(body, "the transformers engine")  # type: ignore[arg-type]
     except UnsupportedRequestError as exc:
         return f"refused (`{exc.code}`)"
     return "as nightshift"

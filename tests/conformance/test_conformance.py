@@ -13,22 +13,33 @@ the same ``EngineConfig`` (engine arguments, ``vllm serve`` arguments, the chat 
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance_cases import ANSWERED, CASES, CHAT, COMPLETIONS, EMBEDDINGS, REFUSED, SERVED_MODEL, Case
 
 from nightshift.core.protocol import Endpoint
 from nightshift.settings import EngineConfig
+from tests.conformance.conformance_cases import (
+    ANSWERED,
+    CASES,
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    REFUSED,
+    RESPONSES,
+    SERVED_MODEL,
+    Case,
+)
 
 #: The flow tests' engine settings: a 512-token context, an 8-token chat default.
 CONFIG = EngineConfig(max_model_len=512, default_max_tokens=8)
 
 #: Per-response values that differ between any two runs (random ids, clocks, the build fingerprint).
-VOLATILE = {"id", "created", "system_fingerprint"}
+VOLATILE = {"id", "created", "created_at", "system_fingerprint"}
 
 
 def _normalised(value: Any) -> Any:
@@ -82,10 +93,12 @@ def _nightshift(model: Path, endpoint: Endpoint, cases: list[Case], kind: str = 
 
 async def _reference_answer(state: Any, url: str, body: dict[str, Any]) -> tuple[str, Any]:
     """("answers", body) or ("refuses", error): what vLLM's OpenAI server does with ``body``."""
+    body = copy.deepcopy(body)  # vLLM's request validators rewrite the dict (Responses sets tool_choice)
     import pydantic
     from starlette.responses import JSONResponse
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
     from vllm.entrypoints.serve import create_error_response
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -95,6 +108,8 @@ async def _reference_answer(state: Any, url: str, body: dict[str, Any]) -> tuple
             response: Any = await state.openai_serving_chat.create_chat_completion(ChatCompletionRequest.model_validate(body))
         elif url == COMPLETIONS:
             response = await state.openai_serving_completion.create_completion(CompletionRequest.model_validate(body))
+        elif url == RESPONSES:
+            response = await state.openai_serving_responses.create_responses(ResponsesRequest.model_validate(body))
         else:
             response = await state.serving_embedding(pydantic.TypeAdapter(EmbeddingRequest).validate_python(body))
     except pydantic.ValidationError as exc:
@@ -108,7 +123,8 @@ async def _reference_answer(state: Any, url: str, body: dict[str, Any]) -> tuple
         return "refuses", response.error.model_dump()
     if not hasattr(response, "model_dump"):
         return "refuses", "stream"  # run_batch: "Request must not be sent in stream mode"
-    return "answers", response.model_dump(mode="json")
+    # vLLM's Responses router serialises by alias (`text.format.schema`); the others need not.
+    return "answers", response.model_dump(mode="json", by_alias=url == RESPONSES)
 
 
 async def _reference_engine(model: Path, endpoint: Endpoint, cases: list[Case]) -> dict[str, tuple[str, Any]]:
@@ -132,7 +148,7 @@ async def _reference_engine(model: Path, endpoint: Endpoint, cases: list[Case]) 
 
 def _reference(model: Path) -> dict[str, tuple[str, Any]]:
     groups = _by_endpoint()
-    generating = groups.get(Endpoint.CHAT_COMPLETIONS, []) + groups.get(Endpoint.COMPLETIONS, [])
+    generating = [c for e in (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES) for c in groups.get(e, [])]
     out = asyncio.run(_reference_engine(model, Endpoint.CHAT_COMPLETIONS, generating))  # one engine serves both
     out.update(asyncio.run(_reference_engine(model, Endpoint.EMBEDDINGS, groups.get(Endpoint.EMBEDDINGS, []))))
     return out
@@ -162,8 +178,9 @@ def _sdk_parse(url: str, body: dict[str, Any]) -> Any:
     """The body as the ``openai`` SDK's own response type (raises if it does not fit)."""
     from openai.types import Completion, CreateEmbeddingResponse
     from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
 
-    model = {CHAT: ChatCompletion, COMPLETIONS: Completion, EMBEDDINGS: CreateEmbeddingResponse}[url]
+    model = {CHAT: ChatCompletion, COMPLETIONS: Completion, EMBEDDINGS: CreateEmbeddingResponse, RESPONSES: Response}[url]
     return model.model_validate(body, strict=False)
 
 
@@ -171,6 +188,14 @@ def _check_claims(case: Case, body: dict[str, Any]) -> None:
     """The answer shows what the case is about (a case that cannot fail tests nothing)."""
     checks = case.checks
     first = body["choices"][0] if "choices" in body else None
+    if case.url == RESPONSES:
+        (message,) = body["output"]
+        assert message["type"] == "message" and message["role"] == "assistant"
+        if "completion_tokens" in checks:
+            assert body["usage"]["output_tokens"] == checks["completion_tokens"]
+        if "content_starts" in checks:
+            assert message["content"][0]["text"].startswith(checks["content_starts"])
+        return
     if "completion_tokens" in checks:
         assert body["usage"]["completion_tokens"] == checks["completion_tokens"]
     if "finish_reason" in checks:
@@ -217,6 +242,10 @@ def _answer(body: dict[str, Any]) -> tuple[Any, ...]:
     """What both engines must agree on: each choice's text and finish reason, and the token counts."""
     if "data" in body:
         return tuple(len(d["embedding"]) for d in body["data"]), body["usage"]["prompt_tokens"]
+    if body.get("object") == "response":
+        texts = [part["text"] for item in body["output"] for part in item["content"]]
+        usage = {k: body["usage"][k] for k in ("input_tokens", "output_tokens", "total_tokens")}
+        return texts, body["status"], body["incomplete_details"], body["max_output_tokens"], usage
     texts = [(c.get("message") or {}).get("content", c.get("text")) for c in body["choices"]]
     usage = {k: body["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     return texts, [c["finish_reason"] for c in body["choices"]], usage
@@ -238,6 +267,8 @@ def test_transformers_engine_matches_or_refuses_the_same_way(case: Case, outcome
         return
     assert hf[0] == "answer", f"transformers engine refused: {hf}"
     _sdk_parse(case.url, hf[1])
+    if case.url == RESPONSES:
+        _check_claims(case, hf[1])
     if case.body.get("temperature", 0) == 0:  # greedy: the same answer; seeded sampling draws another stream
         assert _answer(hf[1]) == _answer(ours[1])
     else:
@@ -248,5 +279,7 @@ def test_table_covers_the_issue_fields():
     """The table keeps a case for each field the issue names (one line each: easy to drop by mistake)."""
     fields = {c.field for c in CASES}
     assert {"tools", "tool_choice", "logprobs", "n", "stop", "response_format", "stream", "model", "seed"} <= fields
-    assert {c.url for c in CASES} == {CHAT, COMPLETIONS, EMBEDDINGS}
+    assert {c.url for c in CASES} == {CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES}
+    responses = {c.field for c in CASES if c.url == RESPONSES}
+    assert {"input", "instructions", "max_output_tokens", "text", "store", "previous_response_id", "background"} <= responses
     assert any(c.param and c.param.startswith("body.") for c in CASES)  # wrong types

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from request_table import DOC, render
+from tests.conformance.request_table import DOC, render
 
 
 def test_request_fields_doc_is_current():

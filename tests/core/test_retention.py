@@ -3,7 +3,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from nightshift.core.retention import VersionInfo, expired, is_expired
+from nightshift.core.retention import (
+    EXPIRES_AFTER_MAX_SECONDS,
+    EXPIRES_AFTER_MIN_SECONDS,
+    ExpiresAfter,
+    VersionInfo,
+    expired,
+    is_expired,
+)
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -50,3 +57,29 @@ def test_age_is_timezone_aware():
 def test_negative_max_age_is_refused():
     with pytest.raises(ValueError, match="negative"):
         expired([_v("x", DAY)], NOW, -DAY)
+
+
+def test_expires_after_counts_from_the_anchor_within_openais_bounds():
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    rule = ExpiresAfter.model_validate({"anchor": "created_at", "seconds": "3600"})  # a form field arrives as text
+    assert rule.expires_at(created) == created + timedelta(hours=1)
+    assert (EXPIRES_AFTER_MIN_SECONDS, EXPIRES_AFTER_MAX_SECONDS) == (3600, 2_592_000)
+    longest = ExpiresAfter(anchor="created_at", seconds=EXPIRES_AFTER_MAX_SECONDS)
+    assert longest.expires_at(created) == created + timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ({"anchor": "created_at", "seconds": 3599}, "seconds"),
+        ({"anchor": "created_at", "seconds": 2_592_001}, "seconds"),
+        ({"anchor": "created_at", "seconds": "soon"}, "seconds"),
+        ({"anchor": "last_active_at", "seconds": 3600}, "anchor"),
+        ({"seconds": 3600}, "anchor"),
+        ({"anchor": "created_at", "seconds": 3600, "extra": 1}, "extra"),
+    ],
+)
+def test_expires_after_outside_the_rule_names_the_field(value, field):
+    with pytest.raises(ValidationError) as caught:
+        ExpiresAfter.model_validate(value)
+    assert caught.value.errors()[0]["loc"] == (field,)

@@ -1,11 +1,11 @@
 import json
 
 import pytest
-from batchfiles import BAD_LINES, chat_line
 
 from nightshift.core.errors import BatchFileError
 from nightshift.core.protocol import Endpoint
 from nightshift.core.validation import read_lines, validate_lines
+from tests.batchfiles import BAD_LINES, chat_line
 
 
 def _lines(*objs: object) -> list[tuple[int, str]]:
@@ -147,3 +147,68 @@ def test_wrong_types_of_honoured_fields_name_the_field():
         ("invalid_request", ["body", "tool_choice"]),
         ("invalid_request", ["body", "top_logprobs"]),
     ]
+
+
+def _response_line(n: int, **body: object) -> dict:
+    return {"custom_id": f"resp-{n}", "method": "POST", "url": "/v1/responses", "body": {"input": "Hello", **body}}
+
+
+def test_responses_lines_take_a_string_or_messages_and_openais_fields():
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "Score this"}]},
+    ]
+    schema = {"type": "json_schema", "name": "score", "schema": {"type": "object"}, "strict": True}
+    result = validate_lines(
+        _lines(
+            _response_line(0),
+            _response_line(1, input=messages, instructions="Be brief", max_output_tokens=16, temperature=0, store=False),
+            _response_line(2, text={"format": schema}, top_p=0.5, user="u"),
+        )
+    )
+    assert result.endpoint is Endpoint.RESPONSES and result.errors == []
+    assert [r.custom_id for r in result.valid] == ["resp-0", "resp-1", "resp-2"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param", "text"),
+    [
+        ({"store": True}, "unsupported_parameter", "store", "never stored"),
+        ({"previous_response_id": "resp_1"}, "unsupported_parameter", "previous_response_id", "send the whole conversation"),
+        ({"conversation": "conv_1"}, "unsupported_parameter", "conversation", "send the whole conversation"),
+        ({"background": True}, "unsupported_parameter", "background", "already runs in the background"),
+        ({"stream": True}, "unsupported_parameter", "stream", "streaming does not apply"),
+        ({"tools": []}, "unsupported_parameter", "tools", "never silently ignored"),
+        ({"max_output_tokens": 0}, "invalid_request", "body.max_output_tokens", "greater than or equal to 1"),
+        ({"input": []}, "invalid_request", "body.input", "at least 1 item"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "invalid_request", None, ""),
+        ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "invalid_request", "body.text.format.json_schema.name", ""),
+    ],
+)
+def test_responses_lines_that_need_server_state_or_other_fields_are_refused_per_line(body, code, param, text):
+    result = validate_lines(_lines(_response_line(0), _response_line(1, **body)))
+    assert [r.custom_id for r in result.valid] == ["resp-0"]
+    (err,) = result.errors
+    assert (err.line, err.code, err.custom_id) == (2, code, "resp-1")
+    assert err.param == param or (param is None and err.param.startswith("body.input.0.content"))
+    assert text in err.message
+
+
+def test_responses_prompt_length_counts_the_rendered_conversation():
+    seen = []
+
+    def count(endpoint: Endpoint, body: dict) -> int:
+        seen.append((endpoint, body))
+        return 10 * len(body["messages"])
+
+    lines = _lines(_response_line(0, instructions="Be brief"), _response_line(1, max_output_tokens=100))
+    result = validate_lines(lines, max_model_len=100, count_tokens=count)
+    assert seen[0] == (
+        Endpoint.CHAT_COMPLETIONS,
+        {"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hello"}]},
+    )
+    assert [(r.custom_id, r.prompt_tokens) for r in result.valid] == [("resp-0", 20)]
+    (err,) = result.errors
+    assert (err.code, err.param) == ("context_length_exceeded", "body.input")
+    assert "plus 100 completion tokens" in err.message

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchfiles import BAD_LINES, chat_line
 
 from nightshift.core.protocol import BatchRequestInput, Endpoint, ValidRequest
 from nightshift.settings import EngineConfig
+from tests.batchfiles import BAD_LINES, chat_line
 
 #: The flow tests' engine settings (conftest's engine_env): a 512-token context, 8-token chat default.
 TEST_MAX_MODEL_LEN = 512

@@ -17,6 +17,7 @@ from nightshift.api.schemas import BatchCreate, BatchObject, ListPage
 from nightshift.api.urls import checked_webhook
 from nightshift.core.lifecycle import BatchStatus, metadata_problem
 from nightshift.core.protocol import Endpoint
+from nightshift.core.retention import ExpiresAfter
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -51,6 +52,20 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
         raise ApiError(400, f"metadata: {problem}", param="metadata")
 
 
+def check_output_expiry(gw: Gateway, expiry: ExpiresAfter | None) -> None:
+    """Refuse an output expiry later than the store keeps batch outputs (its retention), as a 400."""
+    if expiry is None:
+        return
+    kept = int(gw.settings.storage.retention_days * 86400)
+    if expiry.seconds > kept:
+        raise ApiError(
+            400,
+            f"output_expires_after.seconds: must be at most {kept}: this server keeps batch outputs "
+            f"{gw.settings.storage.retention_days:g} days (its storage retention)",
+            param="output_expires_after.seconds",
+        )
+
+
 async def key_webhook(gw: Gateway, who: Principal) -> str | None:
     """The calling key's default webhook (JWT callers have none)."""
     if not who.key_id or who.key_id.startswith("jwt:"):
@@ -71,6 +86,7 @@ async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends
     if body.completion_window not in gw.windows:
         raise ApiError(400, f"completion_window must be one of {', '.join(gw.windows)}", param="completion_window")
     check_metadata(body.metadata)
+    check_output_expiry(gw, body.output_expires_after)
     drill = drill_params(gw, who, body.metadata)
     webhook = await checked_webhook(gw, who, (body.metadata or {}).get("webhook_url"), param="metadata.webhook_url")
     source = await gw.file(who, body.input_file_id)
@@ -86,6 +102,8 @@ async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends
         deadline=now + timedelta(hours=gw.windows[body.completion_window]),
         now=now,
         drill=drill,
+        # The database applies it to the output and error files whenever they are attached.
+        output_expires_after=body.output_expires_after.seconds if body.output_expires_after else None,
     )
     await gw.audit(who, "batch.create", row.id, input_file_id=source.id, pool=row.pool)
     return batch_object(row)

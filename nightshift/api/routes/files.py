@@ -9,7 +9,8 @@ from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.datastructures import UploadFile
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
 
 from nightshift.api import db
 from nightshift.api.auth import Principal
@@ -19,6 +20,7 @@ from nightshift.api.objects import file_object, page
 from nightshift.api.schemas import FileDeleted, FileObject, ListPage
 from nightshift.core.errors import BatchFileError
 from nightshift.core.jsonl import LineCounter
+from nightshift.core.retention import ExpiresAfter
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -39,20 +41,38 @@ async def create_file(who: Caller, gw: Gw, request: Request) -> FileObject:
             raise ApiError(400, "purpose must be 'batch': this server runs batches", param="purpose")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "a file part named 'file' is required", param="file")
+        expiry = _expires_after(form)
         name = (upload.filename or "upload.jsonl")[-255:]
-        row = await store_upload(gw, who, upload.file, name)
+        row = await store_upload(gw, who, upload.file, name, expires_after=expiry)
     finally:
         await form.close()
     return file_object(row)
 
 
-async def store_upload(gw: Gateway, who: Principal, source: BinaryIO, filename: str) -> db.File:
+def _expires_after(form: FormData) -> ExpiresAfter | None:
+    """OpenAI's ``expires_after`` form fields (``expires_after[anchor]``, ``expires_after[seconds]``,
+    as the ``openai`` client sends them), checked against OpenAI's bounds; a 400 names the field."""
+    fields = {key: form.get(f"expires_after[{key}]") for key in ("anchor", "seconds")}
+    if all(value is None for value in fields.values()):
+        return None
+    try:
+        return ExpiresAfter.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = "expires_after" + "".join(f"[{p}]" for p in first["loc"])
+        raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
+
+
+async def store_upload(
+    gw: Gateway, who: Principal, source: BinaryIO, filename: str, *, expires_after: ExpiresAfter | None = None
+) -> db.File:
     """A File row for content streamed into the store (uploads, inline items, downloaded inputs):
     counted by the flow's own line rule, limits enforced on the way, never left half-written."""
     file_id = db.new_file_id()
     path = gw.store.upload(who.org_id, file_id)
     size, lines = await asyncio.to_thread(_copy_counted, gw, source, filename, path)
-    return await add_file(gw, who, file_id, filename, gw.store.uri(path), size, lines)
+    seconds = None if expires_after is None else expires_after.seconds
+    return await add_file(gw, who, file_id, filename, gw.store.uri(path), size, lines, expires_after_seconds=seconds)
 
 
 def _copy_counted(gw: Gateway, source: BinaryIO, name: str, path: str) -> tuple[int, int]:
@@ -90,13 +110,23 @@ def _copy_counted(gw: Gateway, source: BinaryIO, name: str, path: str) -> tuple[
 
 
 async def add_file(
-    gw: Gateway, who: Principal, file_id: str, filename: str, uri: str, size: int, lines: int, **detail: Any
+    gw: Gateway,
+    who: Principal,
+    file_id: str,
+    filename: str,
+    uri: str,
+    size: int,
+    lines: int,
+    *,
+    expires_after_seconds: int | None = None,
+    **detail: Any,
 ) -> db.File:
     """Record a batch input file of the caller's org (and audit it)."""
     async with gw.database.session() as session:
         row = await db.add_file(
-            session, id=file_id, org_id=who.org_id, filename=filename, purpose="batch", bytes=size, lines=lines, uri=uri
-        )
+            session, id=file_id, org_id=who.org_id, filename=filename, purpose="batch", bytes=size, lines=lines, uri=uri,
+            expires_after_seconds=expires_after_seconds,
+        )  # fmt: skip
     await gw.audit(who, "file.create", file_id, bytes=size, lines=lines, **detail)
     return row
 
@@ -157,8 +187,11 @@ async def delete_file(who: Caller, gw: Gw, file_id: str) -> FileDeleted:
 
 async def purge_deleted(gw: Gateway, file_id: str | None = None) -> int:
     """Remove the stored bytes of deleted files no unfinished batch reads; returns how many.
-    Bytes outside the store (an org's own bucket or folder, read in place) are never touched."""
+    Bytes outside the store (an org's own bucket or folder, read in place) are never touched.
+    The sweep (no ``file_id``) first deletes the files whose ``expires_at`` has passed."""
     async with gw.database.session() as session:
+        if file_id is None:
+            await db.expire_files(session)
         rows = await db.files_to_purge(session, file_id)
     purged = 0
     for row in rows:
