@@ -27,7 +27,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.post("", response_model=JobCreated)
 async def create_job(who: Caller, gw: Gw, body: Annotated[JobCreate, Depends(json_body(JobCreate))]) -> JobCreated:
-    """Start a job from inline prompts or an input URL (checked before anything is fetched)."""
+    """Start a job from inline prompts or an input URL (checked before anything is fetched).
+
+    ``sla_tier`` defaults to the key's; a higher one is a 403 (``tier_exceeded``). ``metadata.priority``
+    (``low``/``normal``/``high``) picks the pool's work queue. The job's id is a batch id: the job is
+    visible through ``/v1/batches`` too."""
     settings = gw.settings
     tier = effective_tier(body.sla_tier, who.tier)
     priority = body.priority()
@@ -74,7 +78,7 @@ async def create_job(who: Caller, gw: Gw, body: Annotated[JobCreate, Depends(jso
 
 @router.get("/{job_id}", response_model=JobStatus)
 async def retrieve_job(who: Caller, gw: Gw, job_id: str) -> JobStatus:
-    """Status, progress, throughput, SLA, pool and version."""
+    """Status, progress, throughput, SLA risk, pool and version, brought up to date now."""
     return job_status(*await gw.current(who, job_id))
 
 
