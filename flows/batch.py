@@ -22,18 +22,19 @@ from pydantic.json_schema import SkipJsonSchema
 from blocks.storage import resolve_storage
 from flows.watch import BatchEvents, SLAWatch, alert_once
 from nightshift.core.artifacts import Manifest, RequestCounts
-from nightshift.core.protocol import Endpoint, Usage
+from nightshift.core.protocol import Usage
 from nightshift.core.runs import BatchRunContext, BatchRunParameters, FaultInjection, default_batch_id
-from nightshift.core.sla import SLAReport, deadline_for
-from nightshift.engine.runner import EngineSpec, ray_init_kwargs
+from nightshift.core.sla import SLAReport, deadline_for, engine_priority
+from nightshift.engine.cluster import watch_driver_node
+from nightshift.engine.runner import ray_init_kwargs
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 from nightshift.storage.pools import read_throughput
 from nightshift.telemetry.logs import configure_logging, log_context
 from nightshift.telemetry.metrics import BatchMetrics
-from tasks.infer import run_inference
+from tasks.infer import engine_for, run_inference, start_engine
 from tasks.model import resolve_model_task
-from tasks.publish import publish_results
+from tasks.publish import PublishRequest, publish_results
 from tasks.report import report_batch
 from tasks.shard import plan_shards_task
 from tasks.sla import check_sla
@@ -73,6 +74,17 @@ def build_task_runner(settings: Settings) -> RayTaskRunner:
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
+class _RayFromSettings(RayTaskRunner):
+    """process-batch's default task runner, for runs nobody passed one to (a deployment's run, a
+    subflow): prefect-ray's runner configured from the settings when the run starts (Prefect enters
+    a ``duplicate()`` of the flow's runner for each run), not when this module is imported.
+    Callers holding settings pass ``process_batch.with_options(task_runner=build_task_runner(s))``."""
+
+    def duplicate(self) -> RayTaskRunner:
+        """The runner this run enters, built from the environment as the run starts."""
+        return build_task_runner(Settings())
+
+
 def _work_pool() -> str | None:
     """The work pool this flow run was sent to (None when the flow is called directly)."""
     run_id = flow_run.get_id()
@@ -109,7 +121,7 @@ def _terminate_on_sigterm() -> None:
 @flow(
     name="process-batch",
     description="Run one OpenAI-format batch file through vLLM on Ray and publish versioned results.",
-    task_runner=build_task_runner(Settings()),
+    task_runner=_RayFromSettings(),
     persist_result=False,
 )
 def process_batch(
@@ -133,10 +145,14 @@ def process_batch(
     """
     log = get_run_logger()
     _terminate_on_sigterm()
-    settings = Settings()
+    context = context or BatchRunContext()
+    settings = Settings(**context.settings_kwargs())
+    if settings.ray.address:
+        # On a cluster, a head restarted under this run would leave the driver waiting forever:
+        # the watch ends the process instead, and the run (Crashed) is resumed from its shards.
+        watch_driver_node()
     configure_logging(settings.log)
     pool = _work_pool()
-    context = context or BatchRunContext()
     submitted_at = context.submitted_at or datetime.now(UTC)
     deadline = params.deadline or deadline_for(submitted_at, params.tier, settings.sla.hours())
     batch_id = params.batch_id or default_batch_id(params.input_uri)
@@ -199,6 +215,13 @@ def _process(
         ).result()
         timings["resolve_model_s"] = time.perf_counter() - t
         metrics.bind_model(model.name)
+        # The engine starts in the background while the file is validated and planned.
+        warming = start_engine.submit(
+            storage,
+            params.input_uri,
+            params.endpoint,
+            engine_for(model, params.endpoint, engine_cfg),
+        )
 
         t = time.perf_counter()
         batch = validate_input.submit(
@@ -220,25 +243,23 @@ def _process(
             log.info("version %s of %s is already published; reusing it", batch.version, batch_id)
             manifest = Manifest.model_validate_json(store.read_bytes(paths.manifest))
         else:
+            # What this pool's engines answered per second lately (None: nothing measured yet).
+            measured_rps = read_throughput(store, pool).requests_per_second() if pool else None
             t = time.perf_counter()
             plan = plan_shards_task.submit(
                 storage,
                 batch_id,
                 batch.version,
                 batch.valid_path,
-                params.shard_size or settings.storage.shard_size,
+                params.shard_size or settings.storage.shard_size_for(measured_rps and measured_rps / engine_cfg.replicas),
                 model.sha256,
                 engine_cfg.output_params(),
                 params.use_cache,
             ).result()
             timings["shard_s"] = time.perf_counter() - t
+            warming.wait()
 
-            spec = EngineSpec(
-                model_path=model.source,
-                served_model_name=model.name,
-                endpoint=batch.endpoint or Endpoint.CHAT_COMPLETIONS,
-                config=engine_cfg,
-            )
+            spec = engine_for(model, batch.endpoint, engine_cfg)
             watch = SLAWatch(
                 store=store,
                 paths=paths,
@@ -249,16 +270,25 @@ def _process(
                 failed=batch.invalid_lines,
                 shard_names={s.name for s in plan.shards},
                 sla=settings.sla,
-                fallback_requests_per_second=read_throughput(store, pool).requests_per_second() if pool else None,
+                fallback_requests_per_second=measured_rps,
                 metrics=metrics,
             )
             t = time.perf_counter()
             with watch:
                 drill = context.drill or FaultInjection()
                 inference = run_inference.submit(
-                    storage, batch_id, batch.version, plan.shards, spec, drill.fail_after_shards, drill.slow_shards_seconds
+                    storage,
+                    batch_id,
+                    batch.version,
+                    plan.shards,
+                    spec,
+                    drill.fail_after_shards,
+                    drill.slow_shards_seconds,
+                    engine_priority(deadline, params.tier),
                 ).result()
-            timings["infer_s"] = busy = time.perf_counter() - t
+            timings["infer_s"] = time.perf_counter() - t
+            timings["engine_wait_s"] = inference.engine_wait_seconds
+            busy = timings["infer_s"] - inference.engine_wait_seconds  # engine time: what throughput is measured on
             engine_requests = inference.engine_requests
             reused_shards = len(inference.reused_shards)
             fresh = [o for o in inference.outcomes if o.name not in inference.reused_shards]
@@ -266,18 +296,21 @@ def _process(
             metrics.observe_shards(o.seconds for o in fresh)
 
             manifest = publish_results.submit(
-                storage,
-                batch,
-                plan,
-                inference,
-                model,
-                # The settings, and the engine that actually ran (kind "auto" may have fallen back).
-                engine_cfg.model_dump(mode="json") | {"used": inference.engine, "fallback_reason": inference.fallback_reason},
-                engine_cfg.output_params(),
-                created_at,
-                timings,
-                context.parent,
-                watch.latest,
+                PublishRequest(
+                    storage=storage,
+                    batch=batch,
+                    plan=plan,
+                    inference=inference,
+                    model=model,
+                    # The settings, and the engine that actually ran (kind "auto" may have fallen back).
+                    engine=engine_cfg.model_dump(mode="json")
+                    | {"used": inference.engine, "fallback_reason": inference.fallback_reason},
+                    engine_params_in_version=engine_cfg.output_params(),
+                    created_at=created_at,
+                    timings=timings,
+                    lineage=context.parent,
+                    progress=watch.latest,
+                )
             ).result()
 
         sla = check_sla.submit(

@@ -8,12 +8,13 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from nightshift.core.runs import EngineKind
 from nightshift.core.sla import Tier
 from nightshift.settings import Settings
 from nightshift.telemetry.logs import configure_logging
@@ -29,9 +30,13 @@ def _setup() -> None:
 
 
 @contextlib.contextmanager
-def _prefect_api(settings: Settings, out: Console | None = None) -> Any:
+def _prefect_api(settings: Settings, out: Console | None = None, warm_up: Any = None) -> Any:
     """Use the configured Prefect API, else the one a running ``nightshift up`` on this machine
-    serves (the run then shows in its UI, on its Ray), else a local server for this command."""
+    serves (the run then shows in its UI, on its Ray), else a local server for this command.
+
+    ``warm_up`` (no arguments) runs while a local server boots, so a cold command pays the two
+    start-ups side by side rather than one after the other.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if os.environ.get("PREFECT_API_URL"):
@@ -39,15 +44,19 @@ def _prefect_api(settings: Settings, out: Console | None = None) -> Any:
         return
     running = _running_stack(settings)
     if running is not None:
-        if running.get("ray_address") and not os.environ.get("NIGHTSHIFT_RAY_ADDRESS"):
-            os.environ["NIGHTSHIFT_RAY_ADDRESS"] = running["ray_address"]  # the flow's task runner reads it
+        if running.get("ray_address") and settings.ray.address is None:
+            # Runs on the stack's Ray: the caller builds its task runner from this tree, and flows
+            # that start process-batch as a subflow (score, retry-failed) build theirs from the
+            # environment at their own start, so it is set there too.
+            settings.ray = settings.ray.model_copy(update={"address": running["ray_address"]})
+            os.environ["NIGHTSHIFT_RAY_ADDRESS"] = running["ray_address"]
         with temporary_settings(updates={PREFECT_API_URL: running["api_url"]}):
             yield running["api_url"]
         return
     from nightshift.services import local_prefect_server
 
     with (out or console).status("starting a local Prefect server on 127.0.0.1 (set PREFECT_API_URL to use yours)"):
-        server = local_prefect_server(settings.home / "prefect")
+        server = local_prefect_server(settings.home / "prefect", while_starting=warm_up)
         url = server.__enter__()
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -58,6 +67,38 @@ def _prefect_api(settings: Settings, out: Console | None = None) -> Any:
             APILogHandler().flush()
     finally:
         server.__exit__(None, None, None)
+
+
+def _start_ray_and_engine(settings: Settings, file: str, model: str | None) -> None:
+    """A local Ray, and the engine replicas the batch will use, started in this process.
+
+    The flow then finds Ray connected (prefect-ray reuses it) and the warm replicas by name, so
+    the engine loads while the Prefect server boots and the file is validated.
+    """
+    import ray
+
+    from nightshift.engine.runner import ray_init_kwargs
+    from tasks.infer import engine_for, start_engine
+    from tasks.model import resolve_model_task
+
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs(settings.ray))
+    engine = settings.engine
+    record = resolve_model_task.fn(model or engine.model, engine.served_model_name, str((settings.home / "models").absolute()))
+    start_engine.fn(settings.storage, file, None, engine_for(record, None, engine))
+
+
+@contextlib.contextmanager
+def _local_ray() -> Any:
+    """Stop, at the end, a Ray this command started itself (``_start_ray_and_engine``)."""
+    try:
+        yield
+    finally:
+        import sys
+
+        ray = sys.modules.get("ray")  # never imported: nothing to stop
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
 
 
 def _running_stack(settings: Settings) -> dict[str, Any] | None:
@@ -93,11 +134,14 @@ def run(
     file: Annotated[str, typer.Argument(help="Batch JSONL file (path or URL).")],
     model: Annotated[str | None, typer.Option(help="Model folder or embedded model name.")] = None,
     tier: Annotated[Tier, typer.Option(help="SLA tier.")] = Tier.BASIC,
-    out: Annotated[Path | None, typer.Option(help="Store root for results (default: .nightshift/store).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Store root for results: a folder or a URL like s3://bucket/prefix (default: .nightshift/store)."),
+    ] = None,
     batch_id: Annotated[str | None, typer.Option(help="Batch name in the store (default: file name).")] = None,
     shard_size: Annotated[int | None, typer.Option(min=1, help="Requests per shard.")] = None,
     engine: Annotated[
-        Literal["auto", "vllm", "transformers"] | None,
+        EngineKind | None,
         typer.Option(help="vllm, transformers (slower, runs wherever torch runs), or auto: vLLM, else transformers."),
     ] = None,
     verbose: Annotated[
@@ -109,31 +153,31 @@ def run(
     The terminal shows one progress bar and the summary; everything the engine, Ray and Prefect
     print goes to a log file for the run (its path is printed first; ``-v`` streams it instead).
     """
-    from nightshift.core.runs import default_batch_id
+    from nightshift.core.runs import BatchRunContext, RunOverrides, default_batch_id
     from nightshift.terminal import quiet, run_log_path, summary_lines, watch_progress
 
-    if out is not None:
-        os.environ["NIGHTSHIFT_STORAGE_ROOT"] = str(out.absolute())
-    if engine is not None:
-        # The flow builds its own Settings from the environment, as a deployment's run does.
-        os.environ["NIGHTSHIFT_ENGINE_KIND"] = engine
-    settings = Settings()
+    # The flow applies the same overrides to the settings it builds at its start, as a deployment's run does.
+    store_root = None if out is None else out if "://" in out else str(Path(out).absolute())
+    context = BatchRunContext(overrides=RunOverrides(engine=engine, store_root=store_root))
+    settings = Settings(**context.settings_kwargs())
     name = batch_id or default_batch_id(file)
     log_path = None if verbose else run_log_path(settings.home.absolute(), name)
     if log_path is not None:
         console.print(f"log: {log_path}", soft_wrap=True)
     with quiet(log_path) as term:
         try:
-            with _prefect_api(settings, term) as api:
+            warm_up = None if settings.ray.address else (lambda: _start_ray_and_engine(settings, file, model))
+            with _prefect_api(settings, term, warm_up) as api, _local_ray():
                 term.print(f"Prefect API: {api}")
-                from flows.batch import BatchRunParameters, process_batch
+                from flows.batch import BatchRunParameters, build_task_runner, process_batch
 
                 params = BatchRunParameters(input_uri=file, batch_id=batch_id, tier=tier, model=model, shard_size=shard_size)
+                run_batch = process_batch.with_options(task_runner=build_task_runner(settings))
                 stop = threading.Event()
                 watcher = threading.Thread(target=watch_progress, args=(term, settings.storage, name, stop), daemon=True)
                 watcher.start()
                 try:
-                    result = process_batch(params)
+                    result = run_batch(params, context)
                 finally:
                     stop.set()
                     watcher.join(2)
@@ -438,6 +482,17 @@ def config_docs(
     from nightshift.settings import settings_reference
 
     out.write_text(settings_reference())
+    console.print(f"wrote {out}")
+
+
+@app.command("api-docs")
+def api_docs(
+    out: Annotated[Path, typer.Option(help="Where to write the page.")] = Path("docs/http-api.md"),
+) -> None:
+    """Write the HTTP API reference (every route, its parameters, bodies and errors) from the gateway's OpenAPI."""
+    from nightshift.api.reference import http_api_reference
+
+    out.write_text(http_api_reference())
     console.print(f"wrote {out}")
 
 

@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+from nightshift.runtime import PREFECT_ENV, RAY_ENV
 
 
 def free_port() -> int:
@@ -129,12 +131,7 @@ def local_ray_head(
     """
     port = port or free_port()
     temp_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
+    env = {**os.environ, **RAY_ENV}  # a loopback head of our own: these values whatever the caller's environment says
     ray_cli = str(Path(sys.executable).with_name("ray"))
     args = [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
     args += ["--include-dashboard=false", f"--temp-dir={temp_dir.absolute()}", "--disable-usage-stats"]
@@ -165,11 +162,14 @@ def local_prefect_server(
     ui: bool = True,
     timeout: float = 120.0,
     database_url: str | None = None,
+    while_starting: Callable[[], None] | None = None,
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1 with its own home; yield its API URL.
 
     The database is SQLite in ``home`` unless ``database_url`` names another (PostgreSQL:
-    ``postgresql+asyncpg://user:pass@host/db``).
+    ``postgresql+asyncpg://user:pass@host/db``). ``while_starting`` runs in this thread while the
+    server boots (services spawned from a thread that ends would die with it: see
+    ``_die_with_parent``), so a cold command pays two start-ups side by side.
     """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -177,11 +177,9 @@ def local_prefect_server(
     env = {
         **os.environ,
         **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
+        **PREFECT_ENV,
         "PREFECT_HOME": str(home.absolute()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
-        # An operator's own server: no "join the community" modal over the run pages.
-        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_API_URL": url,
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
@@ -190,6 +188,8 @@ def local_prefect_server(
     args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     proc = start_process(args, env, log)
     try:
+        if while_starting is not None:
+            while_starting()
         _wait_healthy(url, proc, timeout, log)
         yield url
     finally:

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nightshift.core.runs import EngineKind
+from nightshift.core.sharding import adaptive_shard_size
+
 if TYPE_CHECKING:
     from nightshift.core.jobs import Prices
 
@@ -38,7 +41,7 @@ class EngineConfig(BaseModel):
             "for multi-GPU clusters)."
         ),
     )
-    kind: Literal["auto", "vllm", "transformers"] = Field(
+    kind: EngineKind = Field(
         default="auto",
         description=(
             "Which library generates. 'vllm': fast, fails if vLLM cannot load or run the model. "
@@ -122,6 +125,15 @@ class RayConfig(BaseModel):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (None: all).")
     object_store_memory: int = Field(default=512 * 1024**2, ge=78_643_200, description="Bytes of object store for a local Ray.")
     temp_dir: Path | None = Field(default=None, description="Ray's session directory for a local Ray.")
+    code: Literal["ship", "installed"] = Field(
+        default="ship",
+        description=(
+            "How Ray workers of a cluster joined by address get nightshift's code. 'ship': the driver uploads "
+            "its packages (nightshift, flows, tasks, blocks) with Ray's runtime_env py_modules, so nodes need "
+            "only the dependencies. 'installed': the nodes' image has nightshift installed (what Ray recommends "
+            "in production); nothing is uploaded. A local Ray (no address) always uses the driver's own code."
+        ),
+    )
 
     @field_validator("address", mode="before")
     @classmethod
@@ -139,7 +151,42 @@ class StorageConfig(BaseModel):
     """
 
     root: str = Field(default=str(DEFAULT_HOME / "store"), description="Root URL of the artifact store.")
-    shard_size: int = Field(default=256, ge=1, le=1_000_000, description="Requests per shard.")
+    shard_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Requests per shard, fixed. Unset: sized from the pool's measured throughput so each shard takes about "
+            "checkpoint_seconds (within min_shard_size..max_shard_size), first_shard_size until something is measured. "
+            "A run's own shard_size parameter wins over both."
+        ),
+    )
+    first_shard_size: int = Field(
+        default=256, ge=1, le=1_000_000, description="Requests per shard while no throughput is measured yet (adaptive sizing)."
+    )
+    checkpoint_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Engine time one shard should take: what a crash loses at most, and how often progress moves.",
+    )
+    min_shard_size: int = Field(default=32, ge=1, le=1_000_000, description="Fewest requests in an adaptive shard.")
+    max_shard_size: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Most requests in an adaptive shard (what an engine actor holds in memory)."
+    )
+    shard_order: Literal["prefix", "input"] = Field(
+        default="prefix",
+        description=(
+            "'prefix': requests sharing a prompt prefix (system prompt, document, few-shot block) go in the same "
+            "shards, so the engine's prefix cache computes the shared part once; 'input': file order. Output files "
+            "are in input order either way."
+        ),
+    )
+    order_window: int = Field(
+        default=50_000,
+        ge=1,
+        le=10_000_000,
+        description="Requests planned together: prefix order groups within a window, and planning memory is bounded by it.",
+    )
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, moto...).")
     region: str | None = Field(default=None, description="S3 region name.")
     access_key_id: SecretStr | None = Field(default=None, description="S3 key id; default: the environment/role.")
@@ -147,11 +194,32 @@ class StorageConfig(BaseModel):
     block: str | None = Field(
         default=None, description="Name of a saved NightshiftStorage block; when set, it replaces the fields above."
     )
+    retry_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a storage call keeps retrying (exponential backoff) while the store does not answer; "
+            "then the run fails with a resumable state."
+        ),
+    )
     retention_days: float = Field(
         default=7.0,
         gt=0,
         description="Days a batch version and its cache entries are kept after their last write; cleanup deletes older ones.",
     )
+
+    def shard_size_for(self, requests_per_second: float | None) -> int:
+        """Requests per shard for an engine measured at ``requests_per_second`` (None: not measured)."""
+        if self.shard_size is not None:
+            return self.shard_size
+        return adaptive_shard_size(
+            requests_per_second,
+            checkpoint_seconds=self.checkpoint_seconds,
+            minimum=self.min_shard_size,
+            maximum=max(self.min_shard_size, self.max_shard_size),
+            default=self.first_shard_size,
+        )
 
     def storage_options(self, url: str | None = None) -> dict[str, object]:
         """fsspec options for ``url`` (default: the root); only s3:// URLs take any."""

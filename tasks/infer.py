@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
+from nightshift.core.artifacts import ModelRecord, PrefixCacheStats
 from nightshift.core.errors import EngineError
+from nightshift.core.protocol import Endpoint
 from nightshift.core.sharding import ShardSpec
-from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, read_outcome, run_shards
-from nightshift.settings import StorageConfig
+from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, get_engines, read_outcome, run_shards, wait_for_an_engine
+from nightshift.settings import EngineConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 
 
@@ -27,6 +29,58 @@ class InferenceReport(BaseModel):
         ),
     )
     fallback_reason: str | None = Field(default=None, description="Why kind 'auto' fell back to transformers, if it did.")
+    engine_wait_seconds: float = Field(
+        default=0.0, description="How long the run waited for an engine replica to be up (0 when one was warm)."
+    )
+
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """Prefix-cache hits over the shards this run computed (None when it computed none)."""
+        fresh = [o for o in self.outcomes if o.name not in self.reused_shards]
+        if not fresh:
+            return None
+        return PrefixCacheStats(
+            prompt_tokens=sum(o.usage.prompt_tokens for o in fresh), cached_tokens=sum(o.prefix_cached_tokens for o in fresh)
+        )
+
+
+def engine_for(model: ModelRecord, endpoint: Endpoint | None, config: EngineConfig) -> EngineSpec:
+    """The engine spec that serves ``model`` on ``endpoint`` (chat when not known yet) with ``config``."""
+    return EngineSpec(
+        model_path=model.source,
+        served_model_name=model.name,
+        endpoint=endpoint or Endpoint.CHAT_COMPLETIONS,
+        config=config,
+    )
+
+
+@task(name="start-engine")
+def start_engine(storage: StorageConfig, input_uri: str, endpoint: Endpoint | None, engine: EngineSpec) -> str | None:
+    """Start the engine replicas a batch will need while its file is still being validated.
+
+    The endpoint is the run's own, or else the first line's ``url`` (a guess: validation decides;
+    a wrong guess only starts an engine early that this batch does not use). Only warm, named
+    replicas are started here (they outlive this task); returns the endpoint started, if any.
+    """
+    if not engine.config.keep_warm or engine.config.backend != "actor":
+        return None
+    endpoint = endpoint or _first_endpoint(input_uri, storage)
+    if endpoint is None:
+        return None
+    get_engines(engine.model_copy(update={"endpoint": endpoint}))  # Ray starts them in the background
+    return endpoint.value
+
+
+def _first_endpoint(input_uri: str, storage: StorageConfig) -> Endpoint | None:
+    """The ``url`` of the batch file's first line, when it names an endpoint."""
+    import json
+
+    import fsspec
+
+    try:
+        with fsspec.open(input_uri, "rb", **storage.storage_options(input_uri)) as f:
+            return Endpoint(json.loads(f.readline(1 << 20))["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @task(name="run-inference")
@@ -38,8 +92,13 @@ def run_inference(
     engine: EngineSpec,
     fail_after_shards: int | None = None,
     slow_shards_seconds: float | None = None,
+    priority: int = 0,
 ) -> InferenceReport:
-    """Run the shards that have no results yet; a shard's results are written when it finishes."""
+    """Run the shards that have no results yet; a shard's results are written when it finishes.
+
+    ``priority`` ranks this batch's requests against other batches' on the same engines
+    (``nightshift.core.sla.engine_priority``: earliest deadline first).
+    """
     import time
 
     log = get_run_logger()
@@ -76,12 +135,13 @@ def run_inference(
 
     started = time.perf_counter()
     fresh: list[ShardOutcome] = []
+    waited = wait_for_an_engine(engine) if jobs and engine.config.backend == "actor" else 0.0
     if jobs and engine.config.backend == "ray-data-llm":
         from nightshift.engine.ray_data_llm import run_shards_ray_data
 
         fresh = run_shards_ray_data(engine, storage, jobs, on_done=on_done)
     elif jobs:
-        fresh = run_shards(engine, storage, jobs, on_done=on_done)
+        fresh = run_shards(engine, storage, jobs, on_done=on_done, priority=priority)
     seconds = time.perf_counter() - started
     used, fallback_reason = _engine_used(engine, fresh)
     if fallback_reason:
@@ -93,6 +153,7 @@ def run_inference(
         seconds=seconds,
         engine=used,
         fallback_reason=fallback_reason,
+        engine_wait_seconds=waited,
     )
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fsspec
 from prefect import task
 
 from nightshift.core.artifacts import ModelRecord
-from nightshift.core.hashing import sha256_tree
-from nightshift.engine.models import resolve_model
+from nightshift.engine.models import model_sha256, resolve_model
 
 
 @task(name="resolve-model", retries=1)
@@ -19,5 +17,5 @@ def resolve_model_task(model: str, served_model_name: str | None, cache_dir: str
     return ModelRecord(
         name=served_model_name or path.name,
         source=str(path),
-        sha256=sha256_tree(fsspec.filesystem("file"), str(path)),
+        sha256=model_sha256(path),
     )

@@ -43,6 +43,9 @@ class ResultRow(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cache_key: str | None = Field(default=None, description="Content key when the request is cacheable.")
     cached: bool = Field(default=False, description="Answered from the request cache, not the engine.")
+    prefix_cached_tokens: int = Field(
+        default=0, ge=0, description="Prompt tokens the engine's prefix cache served instead of computing them."
+    )
 
 
 def encode_rows(rows: Iterable[BaseModel]) -> bytes:
@@ -97,6 +100,10 @@ class WorkerRecord(BaseModel):
     actor: str | None = Field(default=None, description="Name of the engine actor (engine-<spec hash>-<replica>).")
     engine: str | None = Field(default=None, description="Implementation the replica runs: vllm or transformers.")
     fallback_reason: str | None = Field(default=None, description="Why 'auto' chose transformers on this replica.")
+    nightshift_version: str | None = Field(
+        default=None,
+        description="nightshift version the replica ran ('<version>+<code hash>' when the driver shipped its code).",
+    )
 
 
 class ShardRecord(BaseModel):
@@ -119,6 +126,18 @@ class CacheStats(BaseModel):
 
     cacheable: int = Field(description="Valid requests that are deterministic, so cacheable.")
     hits: int = Field(description="Requests answered from the cache; they never reached the engine.")
+
+
+class PrefixCacheStats(BaseModel):
+    """How much of the prompts the engine computed its prefix cache served (this run's shards)."""
+
+    prompt_tokens: int = Field(ge=0, description="Prompt tokens of the requests the engine answered in this run.")
+    cached_tokens: int = Field(ge=0, description="Of those, tokens served from the prefix cache instead of computed.")
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of prompt tokens the prefix cache served (0 when nothing ran)."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class RequestCounts(BaseModel):
@@ -157,6 +176,9 @@ class Manifest(BaseModel):
     cache: CacheStats = Field(default_factory=lambda: CacheStats(cacheable=0, hits=0))
     usage: Usage
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the run that computed it.")
+    prefix_cache: PrefixCacheStats | None = Field(
+        default=None, description="Prefix-cache hits of the requests this run sent to the engine (None: none sent)."
+    )
     progress: Progress | None = Field(
         default=None, description="The SLA watch's last snapshot of the run that computed it (rates, ETA, risk, warnings)."
     )

@@ -27,6 +27,16 @@ def deadline_for(submitted_at: datetime, tier: Tier, tier_hours: dict[str, float
     return submitted_at + timedelta(hours=hours)
 
 
+def engine_priority(deadline: datetime, tier: Tier) -> int:
+    """Rank of a batch's requests in an engine that other batches share, smallest first.
+
+    Earliest deadline first, to the second; the higher tier breaks a tie. Nothing starves: a lax
+    batch keeps its deadline while batches sent later get later ones, so its turn comes.
+    """
+    tiers = list(Tier)  # declared from the highest tier down
+    return int(deadline.timestamp()) * len(tiers) + tiers.index(tier)
+
+
 class SLAReport(BaseModel):
     """Whether a finished batch met its deadline, by how much, and how fast it ran."""
 

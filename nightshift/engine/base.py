@@ -9,7 +9,9 @@ vLLM cannot be imported, cannot load the model, or cannot run it on this hardwar
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
@@ -20,6 +22,13 @@ from nightshift.core.protocol import BatchError, Endpoint, ValidRequest
 from nightshift.settings import EngineConfig
 
 log = logging.getLogger(__name__)
+
+#: Where each engine kind is defined, imported on first use: importing this module loads no engine
+#: (and no vLLM or torch, which the engine modules import lazily themselves).
+ENGINE_MODULES: dict[str, str] = {"vllm": "nightshift.engine.vllm_engine", "transformers": "nightshift.engine.hf_engine"}
+_COUNTING = threading.Lock()
+#: Engine classes by ``kind``, filled as each engine module defines its ``BaseEngine`` subclass.
+_ENGINES: dict[str, type[BaseEngine]] = {}
 
 
 class Engine(Protocol):
@@ -32,8 +41,11 @@ class Engine(Protocol):
         """Engine identity and counters; ``info()["engine"]`` names the implementation."""
         ...
 
-    def run(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
-        """Answer ``requests`` in order, one row each; a request the engine rejects is an error row."""
+    def run(self, requests: Sequence[ValidRequest], *, priority: int = 0) -> list[ResultRow]:
+        """Answer ``requests`` in order, one row each; a request the engine rejects is an error row.
+
+        ``priority`` ranks this call's requests against other callers' (lower runs first).
+        """
         ...
 
 
@@ -46,34 +58,52 @@ class BaseEngine(ABC):
     """
 
     kind: ClassVar[str]
+    #: True when ``run`` may be called from several threads at once (their requests share the engine).
+    concurrent: ClassVar[bool] = False
     model_name: str
     endpoint: Endpoint
     requests_served: int
+    fallback_reason: str | None = None  # set by build_engine when "auto" fell back to this engine
+
+    @abstractmethod
+    def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
+        """Load ``model_path`` to answer ``endpoint`` requests under ``served_model_name``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register each engine under its ``kind``, so ``build_engine`` finds it by name."""
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _ENGINES[cls.kind] = cls
 
     @abstractmethod
     def info(self) -> dict[str, Any]:
         """Engine identity and counters (for manifests and warm-reuse checks)."""
 
     @abstractmethod
-    def _run_many(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+    def _run_many(self, requests: Sequence[ValidRequest], priority: int = 0) -> list[ResultRow]:
         """Answer a group of requests; raise when the group cannot be answered."""
 
-    def run(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+    def run(self, requests: Sequence[ValidRequest], *, priority: int = 0) -> list[ResultRow]:
         """Answer ``requests`` in order; a request the engine rejects becomes an error row."""
         if not requests:
             return []
         try:
-            rows = self._run_many(requests)
+            rows = self._run_many(requests, priority)
         except Exception as exc:  # noqa: BLE001 - isolate the bad request(s) below
             if len(requests) == 1:
                 rows = [self._error_row(requests[0], exc)]
             else:
                 log.warning("engine rejected a group of %d requests (%s); retrying one by one", len(requests), exc)
-                rows = [self._run_one(r) for r in requests]
-        self.requests_served += len(requests)
+                rows = [self._run_one(r, priority) for r in requests]
+        with _COUNTING:  # callers on several threads share a concurrent engine
+            self.requests_served += len(requests)
         for row, request in zip(rows, requests, strict=True):
             row.cache_key = request.cache_key
         return rows
+
+    def close(self) -> None:
+        """Let go of what the engine holds beyond Python references (threads); nothing by default."""
+        return None
 
     def probe(self) -> None:
         """Answer one tiny request, raising if the engine cannot run on this model and hardware.
@@ -87,15 +117,17 @@ class BaseEngine(ABC):
             body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1, "temperature": 0}
         elif self.endpoint is Endpoint.COMPLETIONS:
             body = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
+        elif self.endpoint is Endpoint.RESPONSES:
+            body = {"input": "Hello", "max_output_tokens": 1, "temperature": 0}
         else:
             body = {"input": "Hello"}
         (row,) = self._run_many([ValidRequest(line=1, custom_id="probe", url=self.endpoint, body=body)])
         if row.error is not None:
             raise RuntimeError(f"probe request failed: {row.error.message}")
 
-    def _run_one(self, request: ValidRequest) -> ResultRow:
+    def _run_one(self, request: ValidRequest, priority: int = 0) -> ResultRow:
         try:
-            return self._run_many([request])[0]
+            return self._run_many([request], priority)[0]
         except Exception as exc:  # noqa: BLE001 - one request's failure is its own error row
             return self._error_row(request, exc)
 
@@ -116,24 +148,30 @@ def build_engine(model_path: str, served_model_name: str, endpoint: Endpoint, co
     probe, logs a warning with the reason, and records it as ``info()["fallback_reason"]``.
     An explicit ``"vllm"`` never falls back: its failure raises (or fails requests) as before.
     """
-    from nightshift.engine.hf_engine import TransformersEngine
-    from nightshift.engine.vllm_engine import VLLMEngine
-
-    if config.kind == "transformers":
-        return TransformersEngine(model_path, served_model_name, endpoint, config)
-    if config.kind == "vllm":
-        return VLLMEngine(model_path, served_model_name, endpoint, config)
-    engine: VLLMEngine | None = None
+    if config.kind != "auto":
+        return engine_class(config.kind)(model_path, served_model_name, endpoint, config)
+    engine: BaseEngine | None = None
     try:
-        engine = VLLMEngine(model_path, served_model_name, endpoint, config)
+        engine = engine_class("vllm")(model_path, served_model_name, endpoint, config)
         engine.probe()
         return engine
     except Exception as exc:  # noqa: BLE001 - any vLLM failure is a reason to fall back
         reason = f"{type(exc).__name__}: {exc}"
     # Drop the failed vLLM engine (and its KV cache) before loading the model a second time.
+    if engine is not None:
+        engine.close()
     del engine
     gc.collect()
     log.warning("vLLM cannot serve %s (%s); falling back to the transformers engine", model_path, reason)
-    fallback = TransformersEngine(model_path, served_model_name, endpoint, config)
+    fallback = engine_class("transformers")(model_path, served_model_name, endpoint, config)
     fallback.fallback_reason = reason
     return fallback
+
+
+def engine_class(kind: str) -> type[BaseEngine]:
+    """The engine class registered for ``kind`` (vllm, transformers), importing its module on first use."""
+    if kind not in _ENGINES:
+        if kind not in ENGINE_MODULES:
+            raise ValueError(f"unknown engine kind {kind!r}; choose one of {sorted(ENGINE_MODULES)}")
+        importlib.import_module(ENGINE_MODULES[kind])
+    return _ENGINES[kind]

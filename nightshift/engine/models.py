@@ -10,6 +10,7 @@ cheap because the API and the CLI import it only to resolve names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
+
 from nightshift.core.errors import ModelError
+from nightshift.core.hashing import sha256_json, sha256_tree
 
 # Written last into a model folder; a folder without it was never finished.
 MARKER = ".complete"
@@ -298,3 +302,33 @@ def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
         f"be one of the embedded names ({', '.join(sorted(EMBEDDED_MODELS))}) or a local HF model "
         "folder containing config.json"
     )
+
+
+#: Beside a model folder: its tree hash and the file sizes and times it was computed from (hidden, so
+#: the hash itself skips it).
+TREE_MEMO = ".nightshift-sha256.json"
+
+
+def model_sha256(path: Path) -> str:
+    """``sha256_tree`` of a local model folder, remembered beside it while none of its files change.
+
+    Hashing gigabytes of weights costs seconds on every run; a memo keyed by each file's name,
+    size and modification time (the rule ``make`` and ``rsync`` trust) skips it until a file
+    changes. A folder that cannot be written to is simply hashed every time.
+    """
+    fs = fsspec.filesystem("file")
+    root = str(path.absolute())
+    files = sorted(p for p in fs.find(root) if not p.rsplit("/", 1)[-1].startswith("."))
+    stats = {p[len(root) + 1 :]: [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files}
+    signature = sha256_json(stats)
+    memo = path / TREE_MEMO
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known = json.loads(memo.read_text())
+        if known["signature"] == signature:
+            return str(known["sha256"])
+    digest = sha256_tree(fs, root)
+    with contextlib.suppress(OSError):
+        tmp = memo.with_name(f"{TREE_MEMO}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"signature": signature, "sha256": digest}))
+        tmp.replace(memo)
+    return digest

@@ -19,9 +19,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from nightshift.core.artifacts import ResultRow, WorkerRecord, decode_results, encode_rows, total_usage
+from nightshift.core.errors import NightshiftError
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.protocol import Endpoint, Usage
 from nightshift.core.sharding import decode_shard
+from nightshift.runtime import RAY_ENV, apply_defaults
 from nightshift.settings import EngineConfig, RayConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 
@@ -29,13 +31,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "nightshift"
 
-#: Ray must stay on loopback and keep quiet here (see PLATFORM.md): no usage stats, no token
-#: auth between our own processes, no dashboard.
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
+#: Shards one engine actor holds at once, over all batches sharing it (each batch keeps a few in flight).
+MAX_SHARDS_IN_ACTOR = 64
 
 
 class EngineSpec(BaseModel):
@@ -66,6 +63,7 @@ class ShardOutcome(BaseModel):
     num_requests: int
     num_errors: int
     usage: Usage
+    prefix_cached_tokens: int = Field(default=0, description="Prompt tokens the engine's prefix cache served.")
     seconds: float
     worker: WorkerRecord | None = Field(default=None, description="The engine replica that ran it (None: read back from disk).")
 
@@ -80,17 +78,23 @@ class ShardOutcome(BaseModel):
             num_requests=len(rows),
             num_errors=sum(r.error is not None for r in rows),
             usage=total_usage(rows),
+            prefix_cached_tokens=sum(r.prefix_cached_tokens for r in rows),
             seconds=seconds,
         )
 
 
 def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
     """Arguments for ``ray.init`` (or ``RayTaskRunner(init_kwargs=...)``) from settings."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_defaults(RAY_ENV)  # Ray on loopback, quiet, no token auth between our own processes (nightshift.runtime)
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
     if config.address is not None:
         kwargs["address"] = config.address  # 'auto' then fails when no cluster runs, rather than starting one
+        from nightshift.engine.cluster import build_runtime_env
+
+        # The cluster's nodes may not have this code: ship it with the job (None: their image has it).
+        runtime_env = build_runtime_env(config)
+        if runtime_env is not None:
+            kwargs["runtime_env"] = runtime_env
     else:
         kwargs.update(
             num_cpus=config.num_cpus,
@@ -104,23 +108,34 @@ def ray_init_kwargs(config: RayConfig) -> dict[str, Any]:
 
 
 class _EngineActor:
-    """Ray actor body: an engine (vLLM or transformers) plus storage I/O for shards."""
+    """Ray actor body: an engine (vLLM or transformers) plus storage I/O for shards.
+
+    A threaded actor: shards of any number of batches are in it at once. With vLLM their requests
+    join one continuously stepped engine, ranked by each batch's deadline; the transformers engine
+    answers one shard at a time.
+    """
 
     def __init__(self, spec: EngineSpec) -> None:
+        import threading
+
         from nightshift.engine.base import build_engine
 
         # vLLM or transformers, as spec.config.kind says ("auto": vLLM unless it cannot serve the model).
         self.engine = build_engine(spec.model_path, spec.served_model_name, spec.endpoint, spec.config)
+        self._one_at_a_time = contextlib.nullcontext() if getattr(self.engine, "concurrent", False) else threading.Lock()
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()
 
-    def run_shard(self, storage: StorageConfig, name: str, requests_path: str, results_path: str) -> ShardOutcome:
+    def run_shard(
+        self, storage: StorageConfig, name: str, requests_path: str, results_path: str, priority: int = 0
+    ) -> ShardOutcome:
         store = ArtifactStore.from_config(storage)
         requests = decode_shard(store.read_bytes(requests_path))
-        started = time.perf_counter()
-        rows: list[ResultRow] = self.engine.run(requests)
-        seconds = time.perf_counter() - started
+        with self._one_at_a_time:
+            started = time.perf_counter()
+            rows: list[ResultRow] = self.engine.run(requests, priority=priority)
+            seconds = time.perf_counter() - started
         data = encode_rows(rows)
         store.write_bytes(results_path, data)
         worker = _this_worker(self.engine.info())
@@ -128,10 +143,13 @@ class _EngineActor:
 
 
 def _this_worker(engine_info: dict[str, Any]) -> WorkerRecord:
-    """The Ray node, host, process and actor this code runs in, and the engine it holds."""
+    """The Ray node, host, process and actor this code runs in, the engine it holds and the
+    nightshift version of the code it runs."""
     import socket
 
     import ray
+
+    from nightshift.engine.cluster import code_version
 
     context = ray.get_runtime_context()
     return WorkerRecord(
@@ -141,6 +159,7 @@ def _this_worker(engine_info: dict[str, Any]) -> WorkerRecord:
         actor=context.get_actor_name(),
         engine=engine_info.get("engine"),
         fallback_reason=engine_info.get("fallback_reason"),
+        nightshift_version=code_version(),
     )
 
 
@@ -158,7 +177,9 @@ def get_engine(spec: EngineSpec, replica: int = 0) -> Any:
         "scheduling_strategy": "SPREAD",
         "num_cpus": cfg.num_cpus,
         "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size,
-        "max_concurrency": 1,  # vLLM's LLM is not thread-safe; shards queue at the actor
+        # Shards of every batch on this engine are in the actor together (the engine ranks them);
+        # the engine itself is stepped by one thread of its own.
+        "max_concurrency": MAX_SHARDS_IN_ACTOR,
         "max_restarts": 1,  # a crashed engine is rebuilt once; shards already written survive
     }
     if cfg.keep_warm:
@@ -169,6 +190,15 @@ def get_engine(spec: EngineSpec, replica: int = 0) -> Any:
 def get_engines(spec: EngineSpec) -> list[Any]:
     """All ``spec.config.replicas`` warm actors for ``spec``, created on first use."""
     return [get_engine(spec, i) for i in range(spec.config.replicas)]
+
+
+def wait_for_an_engine(spec: EngineSpec) -> float:
+    """Block until one of the spec's replicas is up (created if needed); the seconds it took."""
+    import ray
+
+    started = time.perf_counter()
+    ray.wait([actor.__ray_ready__.remote() for actor in get_engines(spec)], num_returns=1)
+    return time.perf_counter() - started
 
 
 def release_all_engines() -> int:
@@ -202,13 +232,17 @@ def run_shards(
     *,
     on_done: Callable[[ShardOutcome], None] | None = None,
     in_flight: int = 2,
+    priority: int = 0,
 ) -> list[ShardOutcome]:
     """Run shards on the spec's warm replicas, ``in_flight`` at a time on each, in order of completion.
 
-    Two in flight keep a replica busy between shards (the next one is already queued while the
-    driver books the last). Each new shard goes to the replica with the fewest in flight, so a
-    replica that finishes early gets the next one. A replica takes shards only once it is up: one
-    that Ray cannot place (no room on the cluster) holds none hostage, the others carry the batch.
+    Two in flight keep a replica's engine fed between shards: the next shard's requests are already
+    in the engine's scheduler while the last ones of the current shard finish, so it never drains.
+    ``priority`` ranks this batch's requests against other batches' on the same engines (lower
+    first; see ``nightshift.core.sla.engine_priority``). Each new shard goes to the replica with
+    the fewest in flight, so a replica that finishes early gets the next one. A replica takes
+    shards only once it is up: one that Ray cannot place (no room on the cluster) holds none
+    hostage, the others carry the batch.
     If the driver fails (``on_done`` raised), the shards already running are still waited for, so
     their results land before the error propagates.
     """
@@ -228,7 +262,7 @@ def run_shards(
                 if load[free] >= in_flight:
                     break
                 job = pending.pop(0)
-                running[actors[free].run_shard.remote(storage, job.name, job.requests_path, job.results_path)] = free
+                running[actors[free].run_shard.remote(storage, job.name, job.requests_path, job.results_path, priority)] = free
                 load[free] += 1
             # Replicas still starting matter only while there is work for them.
             done, _ = ray.wait(list(running) + (list(starting) if pending else []), num_returns=1)
@@ -237,7 +271,12 @@ def run_shards(
                 ready.append(starting.pop(done[0]))
                 continue
             load[running.pop(done[0])] -= 1
-            outcome: ShardOutcome = ray.get(done[0])
+            try:
+                outcome: ShardOutcome = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, NightshiftError):
+                    raise exc.cause from None  # our own typed error (storage down, disk full), not Ray's traceback
+                raise
             outcomes.append(outcome)
             if on_done is not None:
                 on_done(outcome)

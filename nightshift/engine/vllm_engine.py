@@ -14,36 +14,31 @@ engine itself raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Sequence
 from copy import copy
+from dataclasses import dataclass
 from typing import Any
 
 from nightshift.core.artifacts import ResultRow
 from nightshift.core.protocol import BatchError, Endpoint, Usage, ValidRequest
 from nightshift.engine.base import BaseEngine
+from nightshift.runtime import ENGINE_ENV, apply_defaults
 from nightshift.settings import EngineConfig
 
 log = logging.getLogger(__name__)
 
-#: Environment vLLM's CPU backend needs; set before vllm is imported (setdefault: the operator wins).
-CPU_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in this process: no extra process per actor
-    "HF_HUB_OFFLINE": "1",  # weights come from local folders only
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
-
 
 def prepare_environment(config: EngineConfig) -> None:
     """Set the process environment vLLM reads at import, before the first ``import vllm``."""
-    for key, value in CPU_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_defaults(ENGINE_ENV)  # the operator's own values win
     if config.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
         # Ray sets OMP_NUM_THREADS=num_cpus in every worker; vLLM's CPU backend binds its OpenMP
@@ -64,6 +59,8 @@ def engine_kwargs(model_path: str, endpoint: Endpoint, config: EngineConfig) -> 
         # vLLM's neutral sampling defaults, not the model folder's generation_config.json: a request
         # means what it says, and the transformers engine applies the same defaults.
         "generation_config": "vllm",
+        # Requests carry their batch's deadline rank (``_InprocEngineClient``): earliest deadline first.
+        "scheduling_policy": "priority",
     }
     if config.compact_json:
         kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -91,18 +88,24 @@ def serving_args(model_path: str, served_model_name: str, config: EngineConfig) 
 async def build_serving(engine_client: Any, args: Any, config: EngineConfig) -> Any:
     """vLLM's serving objects over ``engine_client`` (a starlette ``State``), as ``run_batch`` builds them.
 
-    A chat request without a token limit gets ``config.default_max_tokens`` (still capped by what
-    fits the context after the prompt, which is vLLM's own default).
+    A chat or Responses request without a token limit gets ``config.default_max_tokens`` (still
+    capped by what fits the context after the prompt, which is vLLM's own default). The Responses
+    serving object keeps no response store, and validation refuses the fields that would need one.
     """
     from starlette.datastructures import State
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
     state = State()
     await init_app_state(engine_client, state, args, await engine_client.get_supported_tasks())
-    for name in ("openai_serving_chat", "openai_serving_completion"):
+    for name in ("openai_serving_chat", "openai_serving_completion", "openai_serving_responses"):
         serving = getattr(state, name, None)
         if serving is not None:
             serving.default_sampling_params = {**serving.default_sampling_params, "max_tokens": config.default_max_tokens}
+    responses = getattr(state, "openai_serving_responses", None)
+    if responses is not None:
+        # Batch answers live in output files: even with VLLM_ENABLE_RESPONSES_API_STORE set, the
+        # engine must not keep every response in memory (vLLM's store is never pruned).
+        responses.enable_store = False
     return state
 
 
@@ -113,19 +116,26 @@ async def answer(state: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[
     validation failure is a 400 error), the serving object answers, an exception becomes vLLM's error
     response.
     """
+    from copy import deepcopy
+
     from pydantic import TypeAdapter
     from starlette.responses import JSONResponse
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
     from vllm.entrypoints.serve import create_error_response
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+    # vLLM's request validators rewrite the dict they are given (Responses sets tool_choice): not the caller's.
+    body = deepcopy(body)
     try:
         if endpoint is Endpoint.CHAT_COMPLETIONS:
             response: Any = await state.openai_serving_chat.create_chat_completion(ChatCompletionRequest.model_validate(body))
         elif endpoint is Endpoint.COMPLETIONS:
             response = await state.openai_serving_completion.create_completion(CompletionRequest.model_validate(body))
+        elif endpoint is Endpoint.RESPONSES:
+            response = await state.openai_serving_responses.create_responses(ResponsesRequest.model_validate(body))
         else:
             response = await state.serving_embedding(TypeAdapter(EmbeddingRequest).validate_python(body))
     except Exception as exc:  # noqa: BLE001 - vLLM's server answers any request failure with an error body
@@ -136,7 +146,8 @@ async def answer(state: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[
     if isinstance(response, ErrorResponse):
         return None, response.error.model_dump(mode="json")
     if hasattr(response, "model_dump"):
-        return response.model_dump(mode="json"), None
+        # As vLLM's routers serialise: the Responses router by alias (`text.format.schema`, not `schema_`).
+        return response.model_dump(mode="json", by_alias=endpoint is Endpoint.RESPONSES), None
     # A streaming generator: validation refuses `stream`, so only a bug gets here.
     return None, {"message": "Request must not be sent in stream mode", "type": "BadRequestError", "param": "stream", "code": 400}
 
@@ -155,27 +166,57 @@ def error_from_vllm(error: dict[str, Any], line: int) -> BatchError:
 
 
 def usage_of(body: dict[str, Any]) -> Usage:
-    """The token counts of a response body (embeddings have no completion tokens)."""
+    """The token counts of a response body (embeddings have no completion tokens; a Responses
+    body names them ``input_tokens`` / ``output_tokens``)."""
     usage = body.get("usage") or {}
     return Usage(
-        prompt_tokens=usage.get("prompt_tokens") or 0,
-        completion_tokens=usage.get("completion_tokens") or 0,
+        prompt_tokens=usage.get("prompt_tokens") or usage.get("input_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or usage.get("output_tokens") or 0,
         total_tokens=usage.get("total_tokens") or 0,
     )
 
 
-#: Per request task: a one-item list set to True once the request has reached the engine (or ended).
-_ENTERED: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("nightshift_entered")
+@dataclass
+class _RequestState:
+    """What the engine loop knows of one request's task: its rank, whether it reached the engine."""
+
+    priority: int
+    entered: bool = False
+    cached_tokens: int = 0
+
+
+@dataclass(eq=False)
+class _Group:
+    """The tasks of one ``answer_all`` call, and the engine error that ended them, if any."""
+
+    tasks: list[asyncio.Future[Any]]
+    error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """End the group with the engine's error (its requests are aborted as their tasks unwind)."""
+        if self.error is None:
+            self.error = error
+            for task in self.tasks:
+                task.cancel()
+
+
+#: The state of the request whose serving coroutine runs in this task.
+_STATE: contextvars.ContextVar[_RequestState] = contextvars.ContextVar("nightshift_request")
 
 
 class _InprocEngineClient:
-    """vLLM's ``EngineClient`` interface over the in-process ``LLMEngine`` of an ``LLM``.
+    """vLLM's ``EngineClient`` interface over the in-process ``LLMEngine`` of an ``LLM``, fed continuously.
 
     What ``AsyncLLM.generate`` / ``encode`` do, minus the engine process: inputs are processed,
-    requests (fanned out for ``n > 1``) are queued with an output collector, and ``drive`` steps
-    the engine while a group of requests is being answered. Stepping waits until every request
-    of the group has reached the engine (or failed before it), so the scheduler sees the whole
-    group at once, as ``LLM.chat`` would give it.
+    requests (fanned out for ``n > 1``) are queued with an output collector, and one loop
+    (``pump``) steps the engine whenever it has unfinished requests. Groups of requests (a shard
+    each) join the running engine at any time, so the scheduler never drains between shards or
+    between batches. Each group carries a priority (its batch's deadline rank) that replaces the
+    request's own: the engine runs with vLLM's ``priority`` scheduling policy, so an urgent
+    batch's requests are scheduled before an earlier, lax one's that still wait.
+
+    An idle engine starts stepping only once a whole group has been rendered and queued, so the
+    scheduler sees it at once, as ``LLM.chat`` would give it.
     """
 
     def __init__(self, llm: Any) -> None:
@@ -189,7 +230,9 @@ class _InprocEngineClient:
         self.is_running = True
         self.is_stopped = False
         self.dead_error = RuntimeError("engine is dead")
-        self._entering = 0
+        self._entering = 0  # requests whose serving coroutine has not yet queued them (or failed)
+        self._groups: set[_Group] = set()
+        self._wake = asyncio.Event()
 
     # --- what the serving layer calls
 
@@ -237,6 +280,7 @@ class _InprocEngineClient:
         from vllm.v1.engine.output_processor import RequestOutputCollector
         from vllm.v1.engine.parallel_sampling import ParentRequest
 
+        state = _STATE.get(None)
         try:
             request = self.input_processor.process_inputs(
                 request_id,
@@ -246,7 +290,8 @@ class _InprocEngineClient:
                 lora_request=lora_request,
                 tokenization_kwargs=tokenization_kwargs,
                 trace_headers=trace_headers,
-                priority=priority,
+                # The batch's deadline rank, not a body's own: a tenant does not pick its place in the queue.
+                priority=state.priority if state is not None else 0,
                 session_id=session_id,
             )
             prompt_text, _, _ = extract_prompt_components(self.model_config, prompt)
@@ -278,69 +323,159 @@ class _InprocEngineClient:
                 out = queue.get_nowait() or await queue.get()
                 finished = out.finished
                 if out is not STREAM_FINISHED:
+                    if finished and state is not None:
+                        state.cached_tokens = getattr(out, "num_cached_tokens", None) or 0
                     yield out
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.abort_request([queue.request_id], internal=True)  # as AsyncLLM.generate does
             raise
 
     def _entered(self) -> None:
-        flag = _ENTERED.get(None)
-        if flag is not None and not flag[0]:
-            flag[0] = True
+        state = _STATE.get(None)
+        if state is not None and not state.entered:
+            state.entered = True
             self._entering -= 1
+            self._wake.set()
 
-    async def _tracked(self, coro: Any) -> Any:
-        _ENTERED.set([False])
+    async def _tracked(self, coro: Any, state: _RequestState) -> Any:
+        _STATE.set(state)  # this task's own context: the engine reads it when the request is queued
         try:
             return await coro
         finally:
             self._entered()
 
-    async def drive(self, coros: Sequence[Any]) -> list[Any]:
-        """Run the serving coroutines of one group to completion while stepping the engine."""
-        self._entering = len(coros)
-        tasks = [asyncio.ensure_future(self._tracked(c)) for c in coros]
-        pending = set(tasks)
+    async def answer_all(self, coros: Sequence[Any], priority: int) -> tuple[list[Any], list[int]]:
+        """Run one group's serving coroutines to completion on the running engine.
+
+        Returns their results and the prompt tokens vLLM's prefix cache served for each. Raises
+        the engine's own error when the engine failed while the group was in it.
+        """
+        states = [_RequestState(priority) for _ in coros]
+        self._entering += len(coros)  # before any task runs: the pump must not start on half a group
+        group = _Group([asyncio.ensure_future(self._tracked(c, s)) for c, s in zip(coros, states, strict=True)])
+        self._groups.add(group)
+        self._wake.set()
         try:
-            while pending:
-                if self._entering == 0 and self.engine.has_unfinished_requests():
-                    self.engine.step()  # outputs go to each request's collector
-                    await asyncio.sleep(0)
-                    pending = {t for t in pending if not t.done()}
-                else:
-                    # Requests still being rendered (chat templates run in vLLM's thread pool).
-                    _, pending = await asyncio.wait(pending, timeout=0.002, return_when=asyncio.FIRST_COMPLETED)
+            results = await asyncio.gather(*group.tasks, return_exceptions=True)
         finally:
-            if pending:  # the engine itself failed: leave nothing of this group behind for the next one
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-        return [t.result() for t in tasks]
+            self._groups.discard(group)
+        if group.error is not None:
+            raise group.error
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results), [s.cached_tokens for s in states]
+
+    async def pump(self) -> None:
+        """Step the engine while it has work; runs for the engine's life in its event loop."""
+        busy = False  # stepping since the engine was last idle
+        while True:
+            if self.engine.has_unfinished_requests() and (busy or self._entering == 0):
+                busy = True
+                try:
+                    self.engine.step()  # outputs go to each request's collector
+                except Exception as exc:  # noqa: BLE001 - fail the groups in the engine, keep serving later ones
+                    log.warning("the vLLM engine failed a step: %s", exc)
+                    for group in self._groups:
+                        group.fail(exc)
+                await asyncio.sleep(0)
+                continue
+            if not self.engine.has_unfinished_requests():
+                busy = False
+            # Idle, or an idle engine waiting for a group still being rendered (vLLM's thread pool).
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.05 if self._entering else None)
+
+
+def _engine_thread(
+    loop: asyncio.AbstractEventLoop,
+    model_path: str,
+    served_model_name: str,
+    endpoint: Endpoint,
+    config: EngineConfig,
+    box: dict[str, Any],
+    ready: threading.Event,
+) -> None:
+    """The engine's thread: build the engine and its serving layer here, then step it until stopped."""
+    asyncio.set_event_loop(loop)
+    try:
+        from vllm import LLM
+
+        llm = LLM(**engine_kwargs(model_path, endpoint, config))
+        client = _InprocEngineClient(llm)
+        # The serving objects keep loop-bound state: they are built on the loop they serve on.
+        serving = loop.run_until_complete(build_serving(client, serving_args(model_path, served_model_name, config), config))
+    except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
+        box["error"] = exc
+        ready.set()
+        return
+    pump = loop.create_task(client.pump())
+    box["engine"] = (llm, client, serving)
+    del llm, client, serving
+    ready.set()
+    try:
+        loop.run_forever()
+    finally:
+        pump.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(pump)
+        loop.close()
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, engine_core: Any) -> None:
+    """Stop the engine's loop, wait for its thread, then shut its engine core down."""
+    with contextlib.suppress(RuntimeError):  # the loop already ended
+        loop.call_soon_threadsafe(loop.stop)
+    if thread is not threading.current_thread():
+        thread.join(timeout=60)
+    engine_core.shutdown()
 
 
 class VLLMEngine(BaseEngine):
-    """One vLLM engine for one endpoint kind (a generating or a pooling model)."""
+    """One vLLM engine for one endpoint kind (a generating or a pooling model), fed continuously.
+
+    The engine lives in a thread of its own: it is built there (vLLM's CPU backend binds that
+    thread's OpenMP team to the cores) and its event loop runs there for the engine's life,
+    stepping the engine while any caller's requests are in it. ``run`` may be called from many
+    threads at once; each call's requests join the running engine.
+    """
 
     kind = "vllm"
+    concurrent = True
 
     def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
         prepare_environment(config)
-        from vllm import LLM
-
         self.model_name = served_model_name
         self.endpoint = endpoint
         self.config = config
-        started = time.perf_counter()
-        self.llm = LLM(**engine_kwargs(model_path, endpoint, config))
-        self.client = _InprocEngineClient(self.llm)
-        # One event loop for the engine's life: the serving objects keep loop-bound state.
-        self.loop = asyncio.new_event_loop()
-        self.serving = self.loop.run_until_complete(
-            build_serving(self.client, serving_args(model_path, served_model_name, config), config)
-        )
-        self.startup_seconds = time.perf_counter() - started
         self.requests_served = 0
+        self.loop = asyncio.new_event_loop()
+        started = time.perf_counter()
+        box: dict[str, Any] = {}
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=_engine_thread,
+            args=(self.loop, model_path, served_model_name, endpoint, config, box, ready),
+            name="vllm-engine",
+            daemon=True,
+        )
+        self._thread.start()
+        ready.wait()
+        if "error" in box:
+            raise box.pop("error")
+        # Taken out of the box: the thread keeps only what it steps, so dropping this object frees the engine.
+        self.llm, self.client, self.serving = box.pop("engine")
+        # Dropping the engine (or close()) shuts it down at once: vLLM tears down process-global state
+        # (its parallel groups) when an engine core shuts down, which must not happen later, under
+        # the next engine built in this process.
+        self._stop = weakref.finalize(self, _shut_down, self.loop, self._thread, self.llm.llm_engine.engine_core)
+        self.startup_seconds = time.perf_counter() - started
         log.info("vLLM engine for %s (%s) ready in %.1fs", served_model_name, endpoint.value, self.startup_seconds)
+
+    def close(self) -> None:
+        """Stop the engine's thread and shut the engine down (its memory goes once this object is dropped)."""
+        self._stop()
 
     # ------------------------------------------------------------------ public
 
@@ -358,15 +493,24 @@ class VLLMEngine(BaseEngine):
     # ------------------------------------------------------------------ internals
     # (run(), request isolation and error rows are BaseEngine's, shared with the transformers engine)
 
-    def _run_many(self, requests: Sequence[ValidRequest]) -> list[ResultRow]:
+    def _run_many(self, requests: Sequence[ValidRequest], priority: int = 0) -> list[ResultRow]:
         # The line's own `model` was checked at validation; the serving layer answers as the served model.
-        bodies = [{**r.body, "model": self.model_name} for r in requests]
-        results = self.loop.run_until_complete(self.client.drive([answer(self.serving, self.endpoint, b) for b in bodies]))
+        coros = [answer(self.serving, self.endpoint, {**r.body, "model": self.model_name}) for r in requests]
+        future = asyncio.run_coroutine_threadsafe(self.client.answer_all(coros, priority), self.loop)
+        results, cached = future.result()
         rows = []
-        for request, (body, error) in zip(requests, results, strict=True):
+        for request, (body, error), cached_tokens in zip(requests, results, cached, strict=True):
             if error is not None:
                 rows.append(ResultRow(line=request.line, custom_id=request.custom_id, error=error_from_vllm(error, request.line)))
             else:
                 assert body is not None
-                rows.append(ResultRow(line=request.line, custom_id=request.custom_id, body=body, usage=usage_of(body)))
+                rows.append(
+                    ResultRow(
+                        line=request.line,
+                        custom_id=request.custom_id,
+                        body=body,
+                        usage=usage_of(body),
+                        prefix_cached_tokens=cached_tokens,
+                    )
+                )
         return rows

@@ -195,7 +195,7 @@ def policy_settings(settings: Settings) -> dict[str, Any]:
         "sla.progress_interval_seconds": settings.sla.progress_interval_seconds,
         "sla.rate_window_seconds": settings.sla.rate_window_seconds,
         "sla.tier_hours": settings.sla.hours(),
-        "storage.shard_size": settings.storage.shard_size,
+        "storage.shard_size": settings.storage.shard_size_for(None),
     }
 
 

@@ -268,7 +268,7 @@ class Fleet:
 
     def _arrive(self) -> Process:
         sla_hours = self.settings.sla.hours()
-        shard_size = self.settings.storage.shard_size
+        shard_size = self.settings.storage.shard_size_for(None)  # fixed, or the size before any measurement
         for a in self.arrivals:
             if a.at > self.env.now:
                 yield self.env.timeout(a.at - self.env.now)

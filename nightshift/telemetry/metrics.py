@@ -73,6 +73,9 @@ class BatchMetrics:
         self.eta = gauge("nightshift_batch_eta_seconds", "Projected seconds until the batch finishes.", S)
         self.deadline = gauge("nightshift_batch_deadline_timestamp_seconds", "The batch's SLA deadline.", S)
         self.running = gauge("nightshift_batch_running", "1 while the batch runs, 0 once published or failed.", S)
+        self.prefix_hit = gauge(
+            "nightshift_batch_prefix_cache_hit_ratio", "Share of engine prompt tokens served by the prefix cache.", B
+        )
         self.at_risk = gauge("nightshift_batch_at_risk", "1 while the batch is at risk of (or past) its deadline.", S)
         self._base, self._sla = base, sla
         self._counts: dict[tuple[int, str], float] = {}  # (counter, key) → value so far
@@ -136,6 +139,8 @@ class BatchMetrics:
         self.duration.labels(**self._base).set(duration_seconds)
         if slack_seconds is not None:
             self.slack.labels(**self._sla).set(slack_seconds)
+        if manifest.prefix_cache is not None:
+            self.prefix_hit.labels(**self._base).set(manifest.prefix_cache.hit_rate)
         self.eta.labels(**self._sla).set(0)
         self.running.labels(**self._sla).set(0)
         self.at_risk.labels(**self._sla).set(0)

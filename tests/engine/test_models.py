@@ -264,3 +264,25 @@ def test_smollm2_converts_once_and_answers_in_vllm(
         engine.close()
     assert "paris" in out[0].outputs[0].text.lower()
     assert out[0].outputs[0].finish_reason == "stop"  # stops on <|im_end|>, not max_tokens
+
+
+def test_the_model_hash_is_remembered_until_a_file_changes(tmp_path):
+    import fsspec
+
+    from nightshift.core.hashing import sha256_tree
+    from nightshift.engine.models import TREE_MEMO, model_sha256
+
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    first = model_sha256(folder)
+    assert first == sha256_tree(fsspec.filesystem("file"), str(folder))  # the same hash, not a new kind
+    memo = json.loads((folder / TREE_MEMO).read_text())
+    # The memo is what answers while nothing changed (a doctored one shows it is read, not recomputed).
+    (folder / TREE_MEMO).write_text(json.dumps({**memo, "sha256": "remembered"}))
+    assert model_sha256(folder) == "remembered"
+    (folder / "sub" / "weights.bin").write_bytes(b"\x01" * 1001)
+    changed = model_sha256(folder)
+    assert changed not in (first, "remembered")
+    assert changed == sha256_tree(fsspec.filesystem("file"), str(folder))

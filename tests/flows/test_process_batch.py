@@ -10,8 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from batchfiles import check_mixed_batch, read_jsonl, write_batch
-from engines import engine_requests_served as _engine_requests_served
+
+from tests.batchfiles import check_mixed_batch, read_jsonl, write_batch
+from tests.engines import engine_requests_served as _engine_requests_served
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -49,6 +50,9 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     assert manifest["request_counts"] == {"total": 50, "completed": 47, "failed": 3}
     assert manifest["usage"]["completion_tokens"] == 47 * 8
     assert len(manifest["shards"]) == 5 and manifest["version"] == result.version
+    # Prefix-cache hits of this run's engine requests (all 47: nothing came from the request cache).
+    assert manifest["cache"]["hits"] == 0 and manifest["prefix_cache"]["prompt_tokens"] == manifest["usage"]["prompt_tokens"]
+    assert 0 <= manifest["prefix_cache"]["cached_tokens"] < manifest["prefix_cache"]["prompt_tokens"]
     assert manifest["engine"]["kind"] == "auto" and manifest["engine"]["used"] == "vllm"  # vLLM can serve this model
     assert result.sla.met and result.sla.tier.value == "premium"
     # every hash in the manifest is the hash of the bytes on disk
