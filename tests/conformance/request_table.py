@@ -1,6 +1,6 @@
 """Render the conformance table as the markdown of ``docs/request-fields.md``.
 
-Run ``.venv/bin/python tests/conformance/request_table.py`` to rewrite the file after changing
+Run ``.venv/bin/python -m tests.conformance.request_table`` to rewrite the file after changing
 ``conformance_cases.py``; ``test_request_table.py`` fails while the file is stale.
 """
 

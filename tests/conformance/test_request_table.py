@@ -6,8 +6,8 @@ from tests.conformance.request_table import DOC, render
 
 
 def test_request_fields_doc_is_current():
-    assert DOC.is_file(), "run: .venv/bin/python tests/conformance/request_table.py"
-    assert DOC.read_text() == render(), "stale: run .venv/bin/python tests/conformance/request_table.py"
+    assert DOC.is_file(), "run: .venv/bin/python -m tests.conformance.request_table"
+    assert DOC.read_text() == render(), "stale: run .venv/bin/python -m tests.conformance.request_table"
 
 
 def test_the_issue_lines_are_in_the_doc():
