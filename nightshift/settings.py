@@ -329,6 +329,15 @@ class ApiConfig(BaseModel):
         description="A batch polled again within this many seconds is answered from its last step (one store read per "
         "batch per interval, whatever the number of clients).",
     )
+    store_retry_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Longest a gateway call retries an unreachable artifact store before it answers with an error "
+            "(capped by storage.retry_seconds): a client is never held for the workers' retry budget."
+        ),
+    )
     key_cache_seconds: float = Field(
         default=5.0,
         ge=0,

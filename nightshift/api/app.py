@@ -74,7 +74,9 @@ def create_app(
 
     prefect = orchestrator is None
     database = db.Database(settings.api.database_url)
-    store = ArtifactStore.from_config(settings.storage)
+    # A request path: the store is retried briefly, then the caller gets an answer.
+    retry = min(settings.storage.retry_seconds, settings.api.store_retry_seconds)
+    store = ArtifactStore.from_config(settings.storage.model_copy(update={"retry_seconds": retry}))
     lifecycle = BatchLifecycle(
         database, store, settings, orchestrator or PrefectOrchestrator(), send_webhook or urls.webhook_sender(settings)
     )
