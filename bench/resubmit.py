@@ -29,6 +29,7 @@ from throughput import (  # noqa: E402 - a sibling script, not a package
     RESULTS_DIR,
     add_common_args,
     child_env,
+    entry,
     make_requests,
     resolve_model_path,
     run_logged,
@@ -91,7 +92,7 @@ def main(args: argparse.Namespace) -> None:
     }
     with local_prefect_server(BENCH_HOME / "prefect", ui=False) as url:
         run_logged(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(job_path)],
+            [sys.executable, str(Path(__file__).resolve()), "--worker", "resubmit", "--job", str(job_path)],
             workdir / "worker.log",
             child_env({**env, "PREFECT_API_URL": url}),
         )
@@ -125,15 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["resubmit"], help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    cli = parse_args()
-    if cli.worker:
-        spec = json.loads(Path(cli.job).read_text())
-        Path(spec["result"]).write_text(json.dumps(worker(spec)))
-    else:
-        main(cli)
+    entry(parse_args(), {"resubmit": worker}, main)

@@ -295,9 +295,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    parsed = parse_args()
-    if parsed.worker:
-        spec = json.loads(Path(parsed.job).read_text())
-        Path(spec["result"]).write_text(json.dumps(WORKERS[parsed.worker](spec), default=str))
-    else:
-        main(parsed)
+    tp.entry(parse_args(), WORKERS, main)

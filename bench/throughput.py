@@ -582,10 +582,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
-    cli = parse_args()
+def entry(cli: argparse.Namespace, workers: dict[str, Any], run: Any) -> None:
+    """A bench's entry point: as ``--worker NAME --job FILE`` (a subprocess the bench started) run
+    that path on the job and write its figures where the job says; otherwise run the bench."""
     if cli.worker:
         spec = json.loads(Path(cli.job).read_text())
-        Path(spec["result"]).write_text(json.dumps(WORKERS[cli.worker](spec)))
+        Path(spec["result"]).write_text(json.dumps(workers[cli.worker](spec), default=str))
     else:
-        main(cli)
+        run(cli)
+
+
+if __name__ == "__main__":
+    entry(parse_args(), WORKERS, main)
