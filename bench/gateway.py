@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ class EmulatedRuns:
         self.lock = threading.Lock()
 
     def submit(self, source_uri: str, **params: Any) -> Any:
-        from nightshift.api.submit import Submission
         from nightshift.core.placement import Placement
+        from nightshift.orchestration.submit import Submission
 
         with self.lock:
             self.started += 1
@@ -68,14 +68,27 @@ class EmulatedRuns:
     def _run(self, batch_id: str) -> None:
         folder = Path(self.store_root) / "batches" / batch_id / "v1"
         folder.mkdir(parents=True, exist_ok=True)
-        done = 0
+        from nightshift.core.progress import assess_progress
+
+        done, started = 0, datetime.now(UTC)
         while True:  # runs until the process ends: the bench measures while batches are running
             done = min(done + 1, self.total - 1)
-            body = {"total": self.total, "completed": done, "failed": 0, "version": "v1", "eta_seconds": 5.0}
+            progress = assess_progress(
+                batch_id=batch_id, version="v1", tier="basic", pool="gpu-spot", total=self.total, completed=done, failed=0,
+                now=datetime.now(UTC), deadline=started + timedelta(hours=24), requests_per_second=2.0,
+            )  # fmt: skip
             tmp = folder / ".progress.tmp"
-            tmp.write_text(json.dumps(body))
+            tmp.write_text(progress.model_dump_json())
             tmp.replace(folder / "progress.json")
             time.sleep(0.5)
+
+    def pool_states(self, settings: Any) -> Any:
+        from nightshift.core.placement import PoolState
+
+        return (
+            PoolState(name="gpu-spot", kind="spot", online_workers=1, requests_per_second=5.0),
+            PoolState(name="gpu-dedicated", kind="dedicated", online_workers=1, requests_per_second=5.0),
+        )
 
     def run_state(self, flow_run_id: str) -> Any:
         from nightshift.api.tracker import RunState

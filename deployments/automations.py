@@ -1,6 +1,6 @@
 """Prefect automations as code, applied idempotently by ``nightshift automations apply`` / ``up``.
 
-SLA watch: the flow emits ``nightshift.batch.*`` events (see flows/watch.py); automations turn
+SLA watch: the flow emits ``nightshift.batch.*`` events (see nightshift/orchestration/watch.py); automations turn
 them into alerts through one webhook block and escalate at-risk spot batches to dedicated:
 
 - ``nightshift-sla-at-risk``: alert (batch, tier, pool, ETA, slack);
@@ -51,7 +51,7 @@ _CRASHED_RUN_ID = {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}
 def _take_over_on(deployment_id: str):  # -> prefect.events.actions.RunDeployment
     """Run ``deployment_id`` on the batch of the run that fired the trigger: same parameters (so the
     same batch version, whose finished shards are reused) and ``resumed_from`` naming that run,
-    which is how ``api.submit.find_successor`` follows a batch that moved."""
+    which is how ``orchestration.submit.find_successor`` follows a batch that moved."""
     from prefect.events.actions import RunDeployment
 
     return RunDeployment(

@@ -20,20 +20,25 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from blocks.storage import resolve_storage
-from flows.watch import BatchEvents, SLAWatch, alert_once
 from nightshift.core.artifacts import Manifest, RequestCounts
+from nightshift.core.catalogue import PoolKind
+from nightshift.core.cost import batch_cost, engine_seconds, priced_model
+from nightshift.core.errors import BatchFileError
+from nightshift.core.estimate import BatchEstimate
 from nightshift.core.protocol import Usage
 from nightshift.core.runs import BatchRunContext, BatchRunParameters, FaultInjection, default_batch_id
 from nightshift.core.sla import SLAReport, deadline_for, engine_priority
 from nightshift.engine.cluster import watch_driver_node
 from nightshift.engine.runner import ray_init_kwargs
+from nightshift.orchestration.estimate import estimate_input
+from nightshift.orchestration.watch import BatchEvents, SLAWatch, alert_once
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 from nightshift.storage.pools import read_throughput
 from nightshift.telemetry.logs import configure_logging, log_context
 from nightshift.telemetry.metrics import BatchMetrics
 from tasks.infer import engine_for, run_inference, start_engine
-from tasks.model import resolve_model_task
+from tasks.model import resolve_batch_model, run_catalogue
 from tasks.publish import PublishRequest, publish_results
 from tasks.report import report_batch
 from tasks.shard import plan_shards_task
@@ -94,7 +99,7 @@ def _work_pool() -> str | None:
         return client.read_flow_run(UUID(run_id)).work_pool_name
 
 
-def _capacity(settings: Settings) -> str | None:
+def _capacity(settings: Settings) -> PoolKind | None:
     """spot or dedicated: the capacity of the deployment this run came from, as ``settings.pools``
     names them (None when the flow is called directly, or from another deployment)."""
     from prefect.runtime import deployment
@@ -102,8 +107,26 @@ def _capacity(settings: Settings) -> str | None:
     if deployment.name is None:
         return None
     pools = settings.pools
-    kinds = {pools.spot_deployment: "spot", pools.dedicated_deployment: "dedicated"}
+    kinds: dict[str, PoolKind] = {pools.spot_deployment: "spot", pools.dedicated_deployment: "dedicated"}
     return kinds.get(f"{flow_run.flow_name}/{deployment.name}")
+
+
+def _estimate(
+    context: BatchRunContext,
+    params: BatchRunParameters,
+    settings: Settings,
+    deadline: datetime,
+    pool: str | None,
+    capacity: PoolKind | None,
+) -> BatchEstimate | None:
+    """The forecast the manifest keeps beside the actual cost: the one ``submit_batch`` placed the
+    batch on, else (a run started directly) one made now on this run's pool by the same rule."""
+    if context.estimate is not None:
+        return context.estimate
+    try:
+        return estimate_input(params.input_uri, settings=settings, deadline=deadline, pools=None, pool=pool, capacity=capacity)
+    except BatchFileError:
+        return None  # validation reports the file's problem
 
 
 def _terminate_on_sigterm() -> None:
@@ -203,24 +226,30 @@ def _process(
     created_at = datetime.now(UTC)
     storage = resolve_storage(settings.storage)
     store = ArtifactStore.from_config(storage)
-    engine_cfg = settings.engine
     timings: dict[str, float] = {}
+    # The models this run may serve (a --model folder outside the catalogue serves alone).
+    catalogue = run_catalogue(settings.catalogue(), params.model, settings.engine)
+    capacity = _capacity(settings) or (context.placement.kind if context.placement else None)
 
     # Prefect tasks here are light (I/O, tokenizing); the engine actor holds the real CPU/GPU
     # reservation, so tasks ask Ray for a fraction of a CPU and never starve it.
     with remote_options(num_cpus=0.25):
         t = time.perf_counter()
-        model = resolve_model_task.submit(
-            params.model or engine_cfg.model, engine_cfg.served_model_name, str((settings.home / "models").absolute())
+        # The catalogue model (or adapter) the batch names, and that model's engine settings.
+        served = resolve_batch_model.submit(
+            catalogue, params.input_uri, storage, settings.engine, str((settings.home / "models").absolute()), params.model
         ).result()
+        model, engine_cfg = served.record, served.engine
         timings["resolve_model_s"] = time.perf_counter() - t
         metrics.bind_model(model.name)
+        throughput_model = priced_model(catalogue, model.name)  # throughput is kept per catalogue model and pool
         # The engine starts in the background while the file is validated and planned.
         warming = start_engine.submit(
             storage,
             params.input_uri,
             params.endpoint,
-            engine_for(model, params.endpoint, engine_cfg),
+            engine_for(served, params.endpoint),
+            safety_factor=settings.pools.safety_factor,
         )
 
         t = time.perf_counter()
@@ -234,6 +263,7 @@ def _process(
             settings.limits,
             storage,
             served_model=model.name,  # a line naming another model is an error line, never answered by this one
+            catalogue=catalogue,
         ).result()
         timings["validate_s"] = time.perf_counter() - t
         paths = store.batch(batch_id, batch.version)
@@ -244,7 +274,8 @@ def _process(
             manifest = Manifest.model_validate_json(store.read_bytes(paths.manifest))
         else:
             # What this pool's engines answered per second lately (None: nothing measured yet).
-            measured_rps = read_throughput(store, pool).requests_per_second() if pool else None
+            measured_rps = read_throughput(store, pool, throughput_model).requests_per_second() if pool else None
+            estimate = _estimate(context, params, settings, deadline, pool, capacity)
             t = time.perf_counter()
             plan = plan_shards_task.submit(
                 storage,
@@ -259,7 +290,7 @@ def _process(
             timings["shard_s"] = time.perf_counter() - t
             warming.wait()
 
-            spec = engine_for(model, batch.endpoint, engine_cfg)
+            spec = engine_for(served, batch.endpoint)
             watch = SLAWatch(
                 store=store,
                 paths=paths,
@@ -285,6 +316,8 @@ def _process(
                     drill.fail_after_shards,
                     drill.slow_shards_seconds,
                     engine_priority(deadline, params.tier),
+                    deadline=deadline,
+                    safety_factor=settings.pools.safety_factor,
                 ).result()
             timings["infer_s"] = time.perf_counter() - t
             timings["engine_wait_s"] = inference.engine_wait_seconds
@@ -292,6 +325,9 @@ def _process(
             engine_requests = inference.engine_requests
             reused_shards = len(inference.reused_shards)
             fresh = [o for o in inference.outcomes if o.name not in inference.reused_shards]
+            cost = batch_cost(
+                catalogue, model_id=model.name, pool=capacity, engine_seconds=engine_seconds(busy, spec.config.replicas)
+            )
             engine_tokens = sum(o.usage.total_tokens for o in fresh)
             metrics.observe_shards(o.seconds for o in fresh)
 
@@ -310,21 +346,30 @@ def _process(
                     timings=timings,
                     lineage=context.parent,
                     progress=watch.latest,
+                    estimate=estimate,
+                    cost=cost,
                 )
             ).result()
 
         sla = check_sla.submit(
-            storage, manifest, params.tier, submitted_at, engine_requests, engine_tokens, busy, settings.sla, pool, deadline
+            storage,
+            manifest,
+            params.tier,
+            submitted_at,
+            engine_requests,
+            engine_tokens,
+            busy,
+            settings.sla,
+            pool,
+            deadline,
+            throughput_model,
         ).result()
         if not sla.met:
             # Finished, but late: the watch saw no pending work past the deadline, so say it here.
             alert_once(store, paths, events, "sla.breached", {"version": batch.version, "slack_seconds": sla.slack_seconds})
         try:
-            api = settings.api
-            prices = api.prices()
-            capacity = _capacity(settings)
             report_batch.submit(
-                storage, manifest, sla, pool, batch.published, engine_requests, prices, capacity, api.results_url_seconds
+                storage, manifest, sla, pool, batch.published, engine_requests, settings.api.results_url_seconds
             ).result()
         except Exception:  # noqa: BLE001 - the results are published; a missing UI view must not fail the batch
             log.exception("could not publish the run's artifacts")

@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field
 
 from blocks.storage import resolve_storage
 from flows.batch import build_task_runner, process_batch
-from nightshift.api.submit import follow_batch, submit_batch
 from nightshift.core.errors import OrchestrationError
 from nightshift.core.protocol import Endpoint
 from nightshift.core.runs import BatchRunParameters
 from nightshift.core.scoring import ScoringJob
 from nightshift.core.sla import Tier
+from nightshift.orchestration.submit import follow_batch, submit_batch
 from nightshift.settings import Settings, StorageConfig
 from nightshift.storage import ArtifactStore
 from nightshift.storage.io import read_uri

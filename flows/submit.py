@@ -1,6 +1,6 @@
 """submit-batch: the Prefect UI's way in. A user fills in what they decide (the file, tier, model,
 priority, deadline, webhook); the flow places the batch with the same code as ``nightshift submit``
-and the gateway (``nightshift.api.submit.submit_batch``), starts process-batch on the chosen pool as
+and the gateway (``nightshift.orchestration.submit.submit_batch``), starts process-batch on the chosen pool as
 its subflow, and waits for it.
 
 Why wait: a Prefect user reads a run's state as the outcome of what they started. The submit-batch
@@ -21,11 +21,11 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from nightshift.api.egress import EgressPolicy, check_url
-from nightshift.api.submit import Submission, follow_batch, submit_batch
 from nightshift.core.errors import EgressFailed
 from nightshift.core.jobs import Priority
 from nightshift.core.report import artifact_key, placement_markdown
 from nightshift.core.sla import Tier
+from nightshift.orchestration.submit import Submission, follow_batch, submit_batch
 from nightshift.settings import Settings
 
 if TYPE_CHECKING:

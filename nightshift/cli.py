@@ -79,13 +79,13 @@ def _start_ray_and_engine(settings: Settings, file: str, model: str | None) -> N
 
     from nightshift.engine.runner import ray_init_kwargs
     from tasks.infer import engine_for, start_engine
-    from tasks.model import resolve_model_task
+    from tasks.model import resolve_batch_model
 
     if not ray.is_initialized():
         ray.init(**ray_init_kwargs(settings.ray))
-    engine = settings.engine
-    record = resolve_model_task.fn(model or engine.model, engine.served_model_name, str((settings.home / "models").absolute()))
-    start_engine.fn(settings.storage, file, None, engine_for(record, None, engine))
+    cache = str((settings.home / "models").absolute())
+    served = resolve_batch_model.fn(settings.catalogue(), file, settings.storage, settings.engine, cache, model)
+    start_engine.fn(settings.storage, file, None, engine_for(served, None))
 
 
 @contextlib.contextmanager
@@ -193,6 +193,87 @@ def run(
             raise typer.Exit(1) from None
         for line in summary_lines(result):
             term.print(line, soft_wrap=True, highlight=False)
+
+
+def _pools_for_estimate(settings: Settings) -> tuple[Any, str]:
+    """(spot, dedicated) as Prefect sees them when a server with the deployments is reachable; else
+    both pools of ``deployments/pools.yaml`` assumed online with a free slot. Also says which."""
+    from deployments.pools import load_pools
+    from nightshift.core.errors import OrchestrationError
+    from nightshift.core.placement import PoolState
+    from nightshift.orchestration.submit import read_pool_states
+
+    url = os.environ.get("PREFECT_API_URL") or (_running_stack(settings) or {}).get("api_url")
+    if url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # Not registered (OrchestrationError) or not answering: the estimate still stands on assumed pools.
+        with contextlib.suppress(OrchestrationError, Exception), temporary_settings(updates={PREFECT_API_URL: url}):
+            return read_pool_states(settings), "read from Prefect now"
+    cfg = settings.pools
+    declared: dict[str, str] = {p.kind: p.name for p in load_pools()}
+    pools = (
+        PoolState(
+            name=declared.get("spot", "spot"), kind="spot", online_workers=1, requests_per_second=cfg.spot_requests_per_second
+        ),
+        PoolState(
+            name=declared.get("dedicated", "dedicated"),
+            kind="dedicated",
+            online_workers=1,
+            requests_per_second=cfg.dedicated_requests_per_second,
+        ),
+    )
+    return pools, "assumed online with a free slot (no Prefect server with the deployments to ask)"
+
+
+@app.command()
+def estimate(
+    file: Annotated[str, typer.Argument(help="Batch JSONL file (path or URL).")],
+    tier: Annotated[Tier, typer.Option(help="SLA tier: the deadline placement plans for.")] = Tier.BASIC,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """What a batch would take and cost, without running it: requests, tokens, model, pool, ETA,
+    engine-hours, cost and how sure that is (nothing is submitted, no engine starts)."""
+    from datetime import UTC, datetime
+
+    from nightshift.core.errors import BatchFileError
+    from nightshift.core.report import format_duration
+    from nightshift.core.sla import deadline_for
+    from nightshift.orchestration.estimate import estimate_input
+
+    settings = Settings()
+    now = datetime.now(UTC)
+    pools, pools_seen = _pools_for_estimate(settings)
+    try:
+        found = estimate_input(
+            file, settings=settings, deadline=deadline_for(now, tier, settings.sla.hours()), pools=pools, now=now
+        )
+    except BatchFileError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    cost, placement = found.cost, found.placement
+    saving = f" (spot saves ${cost.spot_saving_usd:.4f} against dedicated)" if cost.pool == "spot" else ""
+    rows = [
+        ("requests", str(found.requests)),
+        ("prompt tokens", f"~{found.prompt_tokens} (characters / 4)"),
+        ("completion tokens", f"≤{found.completion_tokens} (upper bound: the lines' max_tokens)"),
+        ("model", found.model),
+        ("pool", f"{placement.pool} ({placement.kind}): {placement.reason}"),
+        ("pools", pools_seen),
+        ("ETA", f"{format_duration(found.eta_seconds)} at {found.requests_per_second:.3g} req/s"),
+        ("engine-hours", f"{found.engine_hours:.4f}"),
+        ("cost", f"${cost.usd:.4f} at ${cost.price_per_engine_hour:g}/engine-hour{saving}"),
+        ("confidence", f"{found.confidence}: {found.basis}"),
+    ]
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
 
 
 @app.command()
@@ -411,8 +492,6 @@ app.add_typer(keys_app, name="keys")
 @app.command("ls")
 def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batches, newest first.")] = 20) -> None:
     """All batches at a glance: id, tier, pool, status, done/total, ETA, risk and cost."""
-    from deployments.pools import load_pools
-    from nightshift.core.jobs import job_cost
     from nightshift.storage import ArtifactStore
     from nightshift.storage.listing import batch_summaries
 
@@ -421,14 +500,11 @@ def list_batches(limit: Annotated[int, typer.Option(min=1, help="How many batche
     if not rows:
         console.print(f"no batches in {settings.storage.root}")
         return
-    kinds = {p.name: p.kind for p in load_pools()}
-    api = settings.api
-    prices = api.prices()
     table = Table(box=None, pad_edge=False)
     for column in ("batch", "tier", "pool", "status", "done", "ETA", "risk", "cost $"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=22 if column == "batch" else None)
     for r in rows:
-        cost = "" if r.usage is None else f"{job_cost(r.usage, pool_kind=kinds.get(r.pool or ''), prices=prices):.4f}"
+        cost = "" if r.cost_usd is None else f"{r.cost_usd:.4f}"
         eta = "" if r.eta_seconds is None else f"{r.eta_seconds:.0f}s"
         table.add_row(r.batch_id, r.tier or "", r.pool or "", r.status, f"{r.done}/{r.total}", eta, r.risk or "", cost)
     console.print(table)

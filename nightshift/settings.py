@@ -7,17 +7,18 @@ models (or plain values taken from them) as arguments.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nightshift.core.runs import EngineKind
 from nightshift.core.sharding import adaptive_shard_size
 
 if TYPE_CHECKING:
-    from nightshift.core.jobs import Prices
+    from nightshift.core.catalogue import Catalogue
 
 DEFAULT_HOME = Path(".nightshift")
 
@@ -32,6 +33,14 @@ class EngineConfig(BaseModel):
     )
     served_model_name: str | None = Field(
         default=None, description="Model id written in responses; defaults to the model's name."
+    )
+    catalogue: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "The model catalogue (YAML): the models and LoRA adapters served, each model's engine settings and "
+            "price per engine-hour on spot and dedicated. Unset: one model, `engine.model`, at default prices."
+        ),
     )
     backend: Literal["actor", "ray-data-llm"] = Field(
         default="actor",
@@ -66,7 +75,8 @@ class EngineConfig(BaseModel):
         le=1024,
         description=(
             "Engine actors serving one engine spec; a batch's shards go to whichever is free. Ray spreads "
-            "them over nodes when it can. Speed only: not part of the batch version."
+            "them over nodes when it can. Speed only: not part of the batch version. A fixed count: with "
+            "autoscale on, min_replicas..max_replicas apply instead."
         ),
     )
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="GPU memory share for vLLM.")
@@ -80,6 +90,46 @@ class EngineConfig(BaseModel):
         ),
     )
     keep_warm: bool = Field(default=True, description="Keep the engine actor alive after a batch so the next one skips start-up.")
+    autoscale: bool = Field(
+        default=False,
+        description=(
+            "Elastic engines: replicas follow the queued work's deadlines between min_replicas and max_replicas "
+            "(Ray's autoscaler adds and removes the nodes), instead of the fixed `replicas`."
+        ),
+    )
+    min_replicas: int = Field(
+        default=0, ge=0, le=1024, description="Fewest replicas per engine with autoscale (0: idle engines stop)."
+    )
+    max_replicas: int = Field(default=4, ge=1, le=1024, description="Most replicas per engine with autoscale.")
+    idle_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="With autoscale, a replica above the target is retired once it has run no shard for this long.",
+    )
+    replica_requests_per_second: float = Field(
+        default=5.0, gt=0, description="Assumed throughput of one replica until the engine has measured its own (autoscale)."
+    )
+    spot_resource: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Ray custom resource that spot nodes advertise (KubeRay rayStartParams `resources`); with dedicated_resource "
+            "set too, autoscaled replicas ask for one or the other by the placement rule. None: any node."
+        ),
+    )
+    dedicated_resource: str | None = Field(
+        default=None, max_length=64, description="Ray custom resource that dedicated (on-demand) nodes advertise."
+    )
+    spot_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Spot capacity counts as gone for this long after a spot node is lost or a spot replica waited this long "
+            "for one; meanwhile the placement rule puts replicas on dedicated capacity."
+        ),
+    )
     tool_call_parser: str | None = Field(
         default="hermes",
         max_length=64,
@@ -91,11 +141,37 @@ class EngineConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _replica_bounds(self) -> EngineConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("engine.min_replicas must not exceed engine.max_replicas")
+        return self
+
+    @model_validator(mode="after")
     def _ray_data_llm_is_vllm(self) -> EngineConfig:
         """ray.data.llm builds vLLM itself: the transformers engine runs only in the actor backend."""
         if self.backend == "ray-data-llm" and self.kind == "transformers":
             raise ValueError("backend 'ray-data-llm' runs vLLM only; use backend 'actor' with kind 'transformers'")
         return self
+
+    def for_model(self, overrides: Mapping[str, Any], *, where: str = "engine") -> EngineConfig:
+        """This config with a catalogue model's engine settings applied, checked as the settings are.
+
+        Raises:
+            ConfigError: an override names no engine setting, one that says which model this is
+                (``model``, ``served_model_name``, ``catalogue``), or a value out of its bounds;
+                the message starts with ``where``.
+        """
+        from nightshift.core.errors import ConfigError
+
+        for name in overrides:
+            if name not in type(self).model_fields or name in _NOT_PER_MODEL:
+                raise ConfigError(f"{where}.{name}: not an engine setting a catalogue model can set")
+        try:
+            return type(self).model_validate({**self.model_dump(), **overrides})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{where}{'.' + field if field else ''}: {first['msg']}") from None
 
     def output_params(self) -> dict[str, object]:
         """The settings that change what the model outputs; they enter the batch version.
@@ -114,6 +190,10 @@ class EngineConfig(BaseModel):
             "compact_json": self.compact_json,
             "tool_call_parser": self.tool_call_parser,
         }
+
+
+#: Engine settings that say which model an engine serves: the catalogue entry says it instead.
+_NOT_PER_MODEL = frozenset({"model", "served_model_name", "catalogue"})
 
 
 class RayConfig(BaseModel):
@@ -248,6 +328,12 @@ class LimitsConfig(BaseModel):
 
     max_lines: int = Field(default=50_000, ge=1, description="Request lines a batch may hold.")
     max_bytes: int = Field(default=200 * 1024**2, ge=1, description="Bytes a batch file may hold.")
+    validate_window: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Lines validated together: validation memory is bounded by it (about 4 KB a line), not by the file.",
+    )
 
 
 class SLAConfig(BaseModel):
@@ -312,9 +398,6 @@ class ApiConfig(BaseModel):
     results_url_seconds: int = Field(
         default=3_600, ge=60, le=7 * 86_400, description="Lifetime of presigned result URLs (S3 stores)."
     )
-    price_input_per_million: float = Field(default=0.10, ge=0, description="USD per million prompt tokens (dedicated).")
-    price_output_per_million: float = Field(default=0.40, ge=0, description="USD per million completion tokens (dedicated).")
-    spot_discount: float = Field(default=0.6, ge=0, le=1, description="Share of the price taken off on spot capacity.")
     track_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -409,16 +492,6 @@ class ApiConfig(BaseModel):
         """The s3 prefixes an org may read, listed under its id or its name."""
         return [*self.s3_input_prefixes.get(org_id, []), *(self.s3_input_prefixes.get(org_name, []) if org_name else [])]
 
-    def prices(self) -> Prices:
-        """The token prices a job's cost is computed with."""
-        from nightshift.core.jobs import Prices
-
-        return Prices(
-            input_per_million=self.price_input_per_million,
-            output_per_million=self.price_output_per_million,
-            spot_discount=self.spot_discount,
-        )
-
     def requests_per_hour(self) -> dict[str, int]:
         """Tier name → API calls per key per hour."""
         return {
@@ -500,6 +573,18 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    def catalogue(self) -> Catalogue:
+        """The models this deployment serves: the catalogue file, or ``engine.model`` alone."""
+        from nightshift.core.catalogue import Catalogue
+
+        if self.engine.catalogue:
+            catalogue = Catalogue.load(self.engine.catalogue)
+            for name, entry in catalogue.models.items():  # a bad engine override fails here, not in a run
+                self.engine.for_model(entry.engine, where=f"model catalogue {self.engine.catalogue}: models.{name}.engine")
+            return catalogue
+        name = self.engine.served_model_name or Path(self.engine.model).name
+        return Catalogue.single(name, self.engine.model)
 
     @model_validator(mode="after")
     def _defaults_follow_home(self) -> Settings:

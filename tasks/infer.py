@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
-from nightshift.core.artifacts import ModelRecord, PrefixCacheStats
+from nightshift.core.artifacts import PrefixCacheStats
 from nightshift.core.errors import EngineError
 from nightshift.core.protocol import Endpoint
 from nightshift.core.sharding import ShardSpec
+from nightshift.engine.autoscale import ElasticFleet, hint_engine
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, get_engines, read_outcome, run_shards, wait_for_an_engine
-from nightshift.settings import EngineConfig, StorageConfig
+from nightshift.settings import PoolsConfig, StorageConfig
 from nightshift.storage import ArtifactStore
+from tasks.model import BatchModel
+
+_SAFETY_FACTOR = PoolsConfig().safety_factor
 
 
 class InferenceReport(BaseModel):
@@ -43,18 +49,23 @@ class InferenceReport(BaseModel):
         )
 
 
-def engine_for(model: ModelRecord, endpoint: Endpoint | None, config: EngineConfig) -> EngineSpec:
-    """The engine spec that serves ``model`` on ``endpoint`` (chat when not known yet) with ``config``."""
+def engine_for(model: BatchModel, endpoint: Endpoint | None) -> EngineSpec:
+    """The engine that serves ``model`` on ``endpoint`` (chat when not known yet): the same for every
+    batch on the model or on one of its adapters, so they share one warm engine."""
     return EngineSpec(
-        model_path=model.source,
-        served_model_name=model.name,
+        model_path=model.model_path,
+        served_model_name=model.model,
         endpoint=endpoint or Endpoint.CHAT_COMPLETIONS,
-        config=config,
+        config=model.engine,
+        adapters=model.adapters,
+        max_lora_rank=model.max_lora_rank,
     )
 
 
 @task(name="start-engine")
-def start_engine(storage: StorageConfig, input_uri: str, endpoint: Endpoint | None, engine: EngineSpec) -> str | None:
+def start_engine(
+    storage: StorageConfig, input_uri: str, endpoint: Endpoint | None, engine: EngineSpec, safety_factor: float = _SAFETY_FACTOR
+) -> str | None:
     """Start the engine replicas a batch will need while its file is still being validated.
 
     The endpoint is the run's own, or else the first line's ``url`` (a guess: validation decides;
@@ -66,7 +77,11 @@ def start_engine(storage: StorageConfig, input_uri: str, endpoint: Endpoint | No
     endpoint = endpoint or _first_endpoint(input_uri, storage)
     if endpoint is None:
         return None
-    get_engines(engine.model_copy(update={"endpoint": endpoint}))  # Ray starts them in the background
+    spec = engine.model_copy(update={"endpoint": endpoint})
+    if engine.config.autoscale:
+        hint_engine(spec, input_uri, safety_factor)  # its controller starts a replica (from zero: a node too)
+    else:
+        get_engines(spec)  # Ray starts them in the background
     return endpoint.value
 
 
@@ -93,11 +108,15 @@ def run_inference(
     fail_after_shards: int | None = None,
     slow_shards_seconds: float | None = None,
     priority: int = 0,
+    deadline: datetime | None = None,
+    safety_factor: float = _SAFETY_FACTOR,
 ) -> InferenceReport:
     """Run the shards that have no results yet; a shard's results are written when it finishes.
 
     ``priority`` ranks this batch's requests against other batches' on the same engines
-    (``nightshift.core.sla.engine_priority``: earliest deadline first).
+    (``nightshift.core.sla.engine_priority``: earliest deadline first). With ``engine.autoscale``
+    the batch's remaining requests and ``deadline`` (None: a day from now) drive the engine's
+    replica count, with placement's ``safety_factor`` (``pools.safety_factor``).
     """
     import time
 
@@ -135,13 +154,26 @@ def run_inference(
 
     started = time.perf_counter()
     fresh: list[ShardOutcome] = []
-    waited = wait_for_an_engine(engine) if jobs and engine.config.backend == "actor" else 0.0
+    fleet: ElasticFleet | None = None
+    if jobs and engine.config.backend == "actor" and engine.config.autoscale:
+        fleet = ElasticFleet(
+            engine, batch=f"{batch_id}/{version}", deadline=deadline or datetime.now(UTC) + timedelta(days=1),
+            safety_factor=safety_factor,
+        )  # fmt: skip
+        # From zero replicas this is the engine's whole start: the manifest's timings keep it (engine_wait_s).
+        waited = fleet.wait_for_one(sum(j.num_requests for j in jobs))
+    else:
+        waited = wait_for_an_engine(engine) if jobs and engine.config.backend == "actor" else 0.0
     if jobs and engine.config.backend == "ray-data-llm":
         from nightshift.engine.ray_data_llm import run_shards_ray_data
 
         fresh = run_shards_ray_data(engine, storage, jobs, on_done=on_done)
     elif jobs:
-        fresh = run_shards(engine, storage, jobs, on_done=on_done, priority=priority)
+        try:
+            fresh = run_shards(engine, storage, jobs, on_done=on_done, priority=priority, fleet=fleet)
+        finally:
+            if fleet is not None:
+                fleet.close()
     seconds = time.perf_counter() - started
     used, fallback_reason = _engine_used(engine, fresh)
     if fallback_reason:

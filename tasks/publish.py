@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.artifacts import CacheStats, FileRecord, Manifest, ModelRecord, ShardRecord, decode_results
 from nightshift.core.cache import CacheEntry
+from nightshift.core.cost import BatchCost
+from nightshift.core.estimate import BatchEstimate
 from nightshift.core.hashing import sha256_bytes
 from nightshift.core.lineage import Lineage
 from nightshift.core.progress import Progress
@@ -45,6 +47,8 @@ class PublishRequest(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of this run.")
     lineage: Lineage | None = Field(default=None, description="The version this one re-runs or retries (None: work it out).")
     progress: Progress | None = Field(default=None, description="The SLA watch's last snapshot of this run.")
+    estimate: BatchEstimate | None = Field(default=None, description="The forecast made before the run.")
+    cost: BatchCost | None = Field(default=None, description="This run's engine-seconds and what they cost.")
 
 
 def _record(store: ArtifactStore, path: str, data: bytes) -> FileRecord:
@@ -135,6 +139,8 @@ def publish_results(request: PublishRequest) -> Manifest:
             timings=request.timings,
             progress=request.progress,
             prefix_cache=request.inference.prefix_cache(),
+            estimate=request.estimate,
+            cost=request.cost,
         )
         store.write_bytes(paths.manifest, manifest.to_json())
         # Entries are written after the manifest: they point at results that are now published.

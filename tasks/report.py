@@ -13,7 +13,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 
 from nightshift.core.artifacts import Manifest
-from nightshift.core.jobs import Prices, job_cost
 from nightshift.core.protocol import BatchRequestOutput
 from nightshift.core.report import artifact_key, error_rows, output_rows, summary_markdown
 from nightshift.core.sla import SLAReport
@@ -32,14 +31,12 @@ def report_batch(
     pool: str | None,
     reused: bool,
     engine_requests: int,
-    prices: Prices | None = None,
-    capacity: str | None = None,
     link_seconds: int = 3600,
 ) -> list[str]:
     """Publish the batch's summary, first-outputs and error-count artifacts; return their keys.
 
     The summary links the output and error files (presigned for ``link_seconds`` on an object
-    store) and, given ``prices``, shows what the tokens cost on ``capacity`` (spot or dedicated).
+    store) and shows the estimate made before the run beside its actual engine time and cost.
     The output file is read only up to its first rows; the error file is streamed line by line,
     since a bad input can make it as long as the batch.
     """
@@ -69,8 +66,6 @@ def report_batch(
             engine_requests=engine_requests,
             downloads=links,
             downloads_expire_at=expires,
-            cost_usd=None if prices is None else job_cost(manifest.usage.model_dump(), pool_kind=capacity, prices=prices),
-            capacity=capacity,
         ),
     )
     with store.fs.open(paths.output, "rb") as f:

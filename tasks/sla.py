@@ -26,9 +26,11 @@ def check_sla(
     sla: SLAConfig,
     pool: str | None = None,
     deadline: datetime | None = None,
+    model: str | None = None,
 ) -> SLAReport:
     """Record whether the batch met its tier's deadline, the slack left and the throughput; the
-    throughput also goes into ``pool``'s log, which placement estimates later runtimes from."""
+    throughput also goes into ``model``'s log on ``pool``, which placement and estimates use for
+    later batches of that model."""
     finished = datetime.now(UTC)
     report = sla_report(
         tier=tier,
@@ -42,8 +44,8 @@ def check_sla(
     )
     store = ArtifactStore.from_config(storage)
     store.write_bytes(store.batch(manifest.batch_id, manifest.version).sla, report.model_dump_json(indent=2).encode())
-    if pool and engine_requests > 0 and busy_seconds > 0:
-        record_throughput(store, pool, ThroughputSample(at=finished, requests=engine_requests, seconds=busy_seconds))
+    if pool and model and engine_requests > 0 and busy_seconds > 0:
+        record_throughput(store, pool, model, ThroughputSample(at=finished, requests=engine_requests, seconds=busy_seconds))
     get_run_logger().info(
         "SLA %s: %s with %.0fs slack (%.2f req/s)",
         tier.value,

@@ -24,7 +24,7 @@ from nightshift.api.deps import Downloader, Gateway, KeyCache
 from nightshift.api.errors import install_error_handlers
 from nightshift.api.lifecycle import BatchLifecycle, WebhookSender
 from nightshift.api.middleware import GatewayMiddleware
-from nightshift.api.routes import batches, files, jobs, ops
+from nightshift.api.routes import batches, files, jobs, models, ops
 from nightshift.api.routes.files import purge_deleted
 from nightshift.api.tracker import Orchestrator, PrefectOrchestrator, prefect_batch_events
 from nightshift.core.errors import NightshiftError
@@ -68,6 +68,7 @@ def create_app(
     settings = settings or Settings()
     try:
         settings.api.check_serving()
+        catalogue = settings.catalogue()  # a bad catalogue file stops the gateway at start, naming the field
     except ValueError as exc:
         raise GatewayConfigError(str(exc)) from None
     from nightshift.api import urls
@@ -88,6 +89,8 @@ def create_app(
         download=download or urls.https_downloader(settings),
         windows=completion_windows(settings.sla.hours()),
         keys=KeyCache(settings.api.key_cache_seconds),
+        catalogue=catalogue,
+        catalogue_loaded=int(time.time()),
     )
     events = batch_events or (prefect_batch_events if prefect else None)
     every = settings.api.track_seconds if track_every is None else track_every
@@ -126,7 +129,7 @@ def create_app(
         return json_limit if method in ("POST", "PUT", "PATCH") else 0
 
     app.add_middleware(GatewayMiddleware, body_limit=body_limit)
-    for module in (files, batches, jobs, ops):
+    for module in (files, batches, jobs, models, ops):
         app.include_router(module.router)
     app.state.gateway = gateway
     app.state.settings, app.state.database, app.state.store = settings, database, store
@@ -158,7 +161,7 @@ async def _housekeep(gw: Gateway) -> None:
 
 
 async def _read_pools(settings: Settings) -> None:
-    from nightshift.api.submit import read_pool_states
+    from nightshift.orchestration.submit import read_pool_states
 
     metrics.record_pools(await asyncio.to_thread(read_pool_states, settings))
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -239,6 +239,8 @@ class Batch(Base):
     usage: Mapped[Any] = mapped_column(JSON, nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     placement: Mapped[Any] = mapped_column(JSON, nullable=True)
+    estimate: Mapped[Any] = mapped_column(JSON, nullable=True)  # core.estimate.BatchEstimate, made at placement
+    cost: Mapped[Any] = mapped_column(JSON, nullable=True)  # core.cost.BatchCost, from the published manifest
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -534,17 +536,26 @@ async def list_files(
     return await _page(session, query, File, limit, order)
 
 
+Row = TypeVar("Row", File, Batch)
+
+
+async def _row(session: AsyncSession, model: type[Row], row: Row | str) -> Row:
+    """``row`` itself, or the row whose id it is; ``NotFound`` names the kind and the id."""
+    if not isinstance(row, str):
+        return row
+    found = await session.get(model, row)
+    if found is None:
+        raise NotFound(f"no {model.__name__.lower()} {row!r}")
+    return found
+
+
 async def mark_file_deleted(session: AsyncSession, file: File | str, now: datetime | None = None) -> File:
     """Soft-delete a file (row or id): it disappears from get/list, its row stays for batches that name it.
 
     Raises:
         NotFound: no file has this id.
     """
-    if isinstance(file, str):
-        found = await session.get(File, file)
-        if found is None:
-            raise NotFound(f"no file {file!r}")
-        file = found
+    file = await _row(session, File, file)
     if file.deleted_at is None:
         file.deleted_at = now or utcnow()
     await session.flush()
@@ -638,11 +649,7 @@ async def update_batch(session: AsyncSession, batch: Batch | str, **fields: Any)
     Raises:
         NotFound: no batch has this id.
     """
-    if isinstance(batch, str):
-        found = await session.get(Batch, batch)
-        if found is None:
-            raise NotFound(f"no batch {batch!r}")
-        batch = found
+    batch = await _row(session, Batch, batch)
     status = fields.get("status")
     if status is not None and status != batch.status:
         stamp = STATUS_TIMESTAMPS.get(status)

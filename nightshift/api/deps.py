@@ -11,15 +11,21 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nightshift.api.auth import Principal, authenticate, check_rate_limit
 from nightshift.api.db import Batch, Database, File, get_batch, get_file
 from nightshift.api.errors import ApiError
 from nightshift.api.lifecycle import BatchLifecycle
+from nightshift.core.catalogue import Catalogue
+from nightshift.core.progress import Progress
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
 
 M = TypeVar("M", bound=BaseModel)
+Row = TypeVar("Row", File, Batch)
+#: ``db.get_file`` / ``db.get_batch``: (session, org id, object id) → the org's row, or None.
+Lookup = Callable[[AsyncSession, str, str], Awaitable[Row | None]]
 
 #: Streams an allow-listed https URL's body (the egress policy applied): url → chunks.
 Downloader = Callable[[str], Any]
@@ -61,6 +67,8 @@ class Gateway:
     download: Downloader
     windows: dict[str, float]
     keys: KeyCache
+    catalogue: Catalogue  # the models and adapters served (``GET /v1/models``), read once at start
+    catalogue_loaded: int  # unix seconds: the ``created`` time of the models listed
 
     async def file(self, who: Principal, file_id: str) -> File:
         """The caller's org's live file, or OpenAI's 404."""
@@ -70,7 +78,7 @@ class Gateway:
         """The caller's org's batch, or OpenAI's 404."""
         return await self._owned(get_batch, who, batch_id, "Batch", "batch_id")
 
-    async def _owned(self, get: Callable[..., Awaitable[Any]], who: Principal, object_id: str, kind: str, param: str) -> Any:
+    async def _owned(self, get: Lookup[Row], who: Principal, object_id: str, kind: str, param: str) -> Row:
         # Another org's object is "not found" too: ids never reveal what exists elsewhere.
         async with self.database.reading() as session:
             row = await get(session, who.org_id, object_id)
@@ -78,7 +86,7 @@ class Gateway:
             raise ApiError.not_found(kind, object_id, param)
         return row
 
-    async def current(self, who: Principal, batch_id: str) -> tuple[Batch, dict[str, Any] | None]:
+    async def current(self, who: Principal, batch_id: str) -> tuple[Batch, Progress | None]:
         """The batch after a tracker step (or the last one, when recent), and its live progress;
         read again only when the step changed the row."""
         row = await self.batch(who, batch_id)

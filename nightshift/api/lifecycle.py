@@ -24,6 +24,7 @@ from nightshift.api.tracker import BatchState, Observation, Orchestrator, observ
 from nightshift.api.webhooks import batch_event
 from nightshift.core.artifacts import FileRecord
 from nightshift.core.lifecycle import BatchEvent, BatchStatus, next_status
+from nightshift.core.progress import Progress
 from nightshift.core.protocol import Endpoint
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
@@ -60,8 +61,8 @@ class BatchLifecycle:
         self._deliveries: set[asyncio.Task[None]] = set()  # held so running deliveries are not collected
         # One step per batch at a time, and none again within ``sync_seconds``: fifty clients polling
         # one batch cost one store read, not fifty (events and the tracker ask for a fresh step).
-        self._steps: dict[str, asyncio.Task[tuple[dict[str, Any] | None, bool]]] = {}
-        self._recent: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._steps: dict[str, asyncio.Task[tuple[Progress | None, bool]]] = {}
+        self._recent: dict[str, tuple[float, Progress | None]] = {}
         self.sync_seconds = settings.api.sync_seconds
 
     # -- start ------------------------------------------------------------------------------
@@ -120,18 +121,19 @@ class BatchLifecycle:
                 await db.update_unfinished(
                     session, batch_id, flow_run_id=sub.flow_run_id, deployment=sub.deployment, pool=sub.placement.pool,
                     placement=sub.placement.model_dump(mode="json"),
+                    estimate=None if sub.estimate is None else sub.estimate.model_dump(mode="json"),
                 )  # fmt: skip
                 row = await session.get(Batch, batch_id, populate_existing=True)
         assert row is not None
         return row
 
     # -- follow ------------------------------------------------------------------------------
-    async def sync(self, row: Batch, *, fresh: bool = False) -> dict[str, Any] | None:
+    async def sync(self, row: Batch, *, fresh: bool = False) -> Progress | None:
         """Bring one batch up to date from the store and its run; returns the live progress
         while it runs (see ``refresh``)."""
         return (await self.refresh(row, fresh=fresh))[0]
 
-    async def refresh(self, row: Batch, *, fresh: bool = False) -> tuple[dict[str, Any] | None, bool]:
+    async def refresh(self, row: Batch, *, fresh: bool = False) -> tuple[Progress | None, bool]:
         """The live progress, and whether the row changed. Safe to call from anywhere, any number
         of times at once: concurrent calls share one step, and a step newer than ``sync_seconds``
         is reused unless ``fresh``."""
@@ -148,7 +150,7 @@ class BatchLifecycle:
             step.add_done_callback(lambda _: self._steps.pop(row.id, None))
         return await asyncio.shield(step)
 
-    async def _step(self, row: Batch) -> tuple[dict[str, Any] | None, bool]:
+    async def _step(self, row: Batch) -> tuple[Progress | None, bool]:
         started = time.monotonic()
         state = await asyncio.to_thread(self._read, row)
         seen = observe(row, state, datetime.now(UTC))

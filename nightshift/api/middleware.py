@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from nightshift.api import metrics
 from nightshift.api.objects import error_body
 
@@ -22,9 +24,6 @@ access_log = logging.getLogger("nightshift.api.access")
 REQUEST_ID_HEADER = "x-request-id"
 #: A client's own request id is echoed only when it is this plain (no header injection, no log spam).
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 
 class BodyTooLarge(Exception):
@@ -38,11 +37,11 @@ class BodyTooLarge(Exception):
 class GatewayMiddleware:
     """Request id, body limit, access log, request metrics and the last-resort 500."""
 
-    def __init__(self, app: Any, *, body_limit: Callable[[str, str], int]) -> None:
+    def __init__(self, app: ASGIApp, *, body_limit: Callable[[str, str], int]) -> None:
         self.app = app
         self.body_limit = body_limit  # (method, path) → bytes a request body may have
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -111,7 +110,7 @@ class GatewayMiddleware:
         )
 
 
-def _limited(receive: Any, limit: int) -> Any:
+def _limited(receive: Receive, limit: int) -> Receive:
     """``receive`` that raises ``BodyTooLarge`` once the body passes ``limit`` bytes (a body sent
     without Content-Length, or longer than it said, stops there)."""
     seen = 0
@@ -128,7 +127,7 @@ def _limited(receive: Any, limit: int) -> Any:
     return receive_limited
 
 
-async def _respond(send: Any, status: int, message: str, code: str, *, type_: str = "invalid_request_error") -> None:
+async def _respond(send: Send, status: int, message: str, code: str, *, type_: str = "invalid_request_error") -> None:
     body = json.dumps(error_body(message, type_=type_, code=code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -30,7 +30,10 @@ from nightshift.api.schemas import (
     RequestCounts,
 )
 from nightshift.core.artifacts import Manifest
-from nightshift.core.jobs import Prices, job_cost, mean_request_latency
+from nightshift.core.cost import BatchCost
+from nightshift.core.estimate import BatchEstimate
+from nightshift.core.jobs import mean_request_latency
+from nightshift.core.progress import Progress
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -54,7 +57,7 @@ def file_object(f: File) -> FileObject:
     )
 
 
-def batch_object(b: Batch, live: dict[str, Any] | None = None) -> BatchObject:
+def batch_object(b: Batch, live: Progress | None = None) -> BatchObject:
     """A ``batch`` object; ``live`` adds the SLA watch's view (ETA, risk) while it runs."""
     usage = None
     if b.usage:
@@ -63,7 +66,6 @@ def batch_object(b: Batch, live: dict[str, Any] | None = None) -> BatchObject:
             output_tokens=b.usage.get("completion_tokens", 0),
             total_tokens=b.usage.get("total_tokens", 0),
         )
-    live = live or {}
     return BatchObject(
         id=b.id,
         endpoint=b.endpoint,
@@ -92,9 +94,11 @@ def batch_object(b: Batch, live: dict[str, Any] | None = None) -> BatchObject:
             version=b.version,
             flow_run_id=b.flow_run_id,
             placement=b.placement,
-            eta_seconds=live.get("eta_seconds"),
-            slack_seconds=live.get("slack_seconds"),
-            risk=live.get("risk"),
+            eta_seconds=live.eta_seconds if live else None,
+            slack_seconds=live.slack_seconds if live else None,
+            risk=live.risk if live else None,
+            estimate=BatchEstimate.model_validate(b.estimate) if b.estimate else None,
+            cost=BatchCost.model_validate(b.cost) if b.cost else None,
         ),
     )
 
@@ -134,13 +138,13 @@ def job_created(b: Batch) -> JobCreated:
     )
 
 
-def _throughput(b: Batch, live: dict[str, Any] | None) -> JobThroughput:
+def _throughput(b: Batch, live: Progress | None) -> JobThroughput:
     """Rates while running (the SLA watch's window); over the whole run once finished."""
     if live is not None:
         return JobThroughput(
-            req_per_sec=live.get("requests_per_second"),
-            tokens_per_sec=live.get("tokens_per_second"),
-            estimated_remaining=live.get("eta_seconds"),
+            req_per_sec=live.requests_per_second,
+            tokens_per_sec=live.tokens_per_second,
+            estimated_remaining=live.eta_seconds,
         )
     counts, usage = b.request_counts or {}, b.usage or {}
     if b.completed_at is not None and b.in_progress_at is not None:
@@ -153,11 +157,11 @@ def _throughput(b: Batch, live: dict[str, Any] | None) -> JobThroughput:
     return JobThroughput()
 
 
-def job_status(b: Batch, live: dict[str, Any] | None = None) -> JobStatus:
+def job_status(b: Batch, live: Progress | None = None) -> JobStatus:
     """``GET /v1/jobs/{id}``: status, progress, throughput, SLA, pool and version."""
     counts = b.request_counts or {}
     total, completed, failed = counts.get("total", 0), counts.get("completed", 0), counts.get("failed", 0)
-    percent = (live or {}).get("percent")
+    percent = live.percent if live else None
     if percent is None:
         percent = 100.0 if b.status == "completed" else (100.0 * (completed + failed) / total if total else 0.0)
     return JobStatus(
@@ -166,12 +170,26 @@ def job_status(b: Batch, live: dict[str, Any] | None = None) -> JobStatus:
         created_at=iso(b.created_at) or "",
         progress=JobProgress(completed=completed, failed=failed, total=total, percent=round(percent, 2)),
         throughput=_throughput(b, live),
-        sla=JobSla(tier=b.tier, deadline_at=iso(b.deadline), risk=(live or {}).get("risk")),
+        sla=JobSla(tier=b.tier, deadline_at=iso(b.deadline), risk=live.risk if live else None),
         pool=b.pool,
         version=b.version,
         priority=(b.metadata_ or {}).get("priority", "normal"),
         metadata=b.metadata_ or None,
         errors=b.errors,
+    )
+
+
+def _job_cost(cost: BatchCost | None) -> JobCost:
+    """The job's cost from the batch's (the one cost rule, ``core.cost``); empty when nothing was charged."""
+    if cost is None:
+        return JobCost()
+    return JobCost(
+        usd=cost.usd,
+        capacity=cost.pool,
+        engine_seconds=cost.engine_seconds,
+        price_per_engine_hour=cost.price_per_engine_hour,
+        spot_saving_usd=cost.spot_saving_usd,
+        model=cost.model,
     )
 
 
@@ -182,12 +200,10 @@ def job_results_body(
     errors_url: str | None,
     retention_days: float,
     manifest: Manifest | None,
-    prices: Prices,
 ) -> JobResults:
     """``GET /v1/jobs/{id}/results``: where the files are, until when, and what the job did."""
     counts = b.request_counts or {}
     finished = b.completed_at or b.cancelled_at or b.expired_at
-    placement = b.placement or {}
     shards = [s.model_dump() for s in manifest.shards] if manifest is not None else []
     latency = mean_request_latency(shards)
     return JobResults(
@@ -202,6 +218,6 @@ def job_results_body(
             failed=counts.get("failed", 0),
             avg_latency_s=None if latency is None else round(latency, 4),
             usage=b.usage,
-            cost=JobCost(usd=job_cost(b.usage, pool_kind=placement.get("kind"), prices=prices), capacity=placement.get("kind")),
+            cost=_job_cost(BatchCost.model_validate(b.cost) if b.cost else None),
         ),
     )

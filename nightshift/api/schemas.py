@@ -9,6 +9,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nightshift.core.cost import BatchCost
+from nightshift.core.estimate import BatchEstimate
 from nightshift.core.retention import ExpiresAfter
 
 T = TypeVar("T")
@@ -61,6 +63,26 @@ class ListPage(BaseModel, Generic[T]):
     has_more: bool = False
 
 
+# -- models -----------------------------------------------------------------------------------
+class ModelObject(BaseModel):
+    """``openai.types.Model``, with vLLM's ``root`` and ``parent``: a LoRA adapter is a model of its
+    own whose ``parent`` is the base model it runs on (ids only: never where weights are)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix seconds: when the gateway loaded the catalogue.")
+    owned_by: str = "nightshift"
+    root: str = Field(description="The base model's id (the model's own id for a base model).")
+    parent: str | None = Field(default=None, description="For an adapter, the base model it runs on; null for a base model.")
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``: every model id a batch line's ``body.model`` may name."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
 # -- batches ----------------------------------------------------------------------------------
 class BatchCreate(BaseModel):
     """``POST /v1/batches`` body, as the OpenAI client sends it."""
@@ -111,7 +133,8 @@ class BatchUsage(BaseModel):
 
 
 class BatchPlacement(BaseModel):
-    """nightshift's view of a batch: tier, pool, deadline, version and the live SLA forecast."""
+    """nightshift's view of a batch: tier, pool, deadline, version, the live SLA forecast, and the
+    estimate it was placed on beside what it cost once published."""
 
     tier: str
     pool: str | None = None
@@ -122,6 +145,21 @@ class BatchPlacement(BaseModel):
     eta_seconds: float | None = None
     slack_seconds: float | None = None
     risk: str | None = None
+    estimate: BatchEstimate | None = Field(default=None, description="The forecast made when the batch was placed.")
+    cost: BatchCost | None = Field(
+        default=None, description="Engine-seconds, pool and cost (engine-hours × the pool's price), once published."
+    )
+
+
+class BatchEstimateObject(BaseModel):
+    """``POST /v1/batches/estimate``: what the batch would take and cost; nothing is started."""
+
+    object: Literal["batch.estimate"] = "batch.estimate"
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    deadline: int = Field(description="Unix seconds: the deadline the batch would get if created now.")
+    estimate: BatchEstimate
 
 
 class BatchObject(BaseModel):
@@ -209,10 +247,14 @@ class JobStatus(BaseModel):
 
 
 class JobCost(BaseModel):
-    """What the job cost and on which capacity."""
+    """What the job cost: its engine-seconds on its capacity, at that capacity's engine-hour price."""
 
-    usd: float | None
-    capacity: str | None
+    usd: float | None = Field(default=None, description="engine_seconds / 3600 × price_per_engine_hour (None: not run).")
+    capacity: str | None = Field(default=None, description="spot or dedicated.")
+    engine_seconds: float | None = None
+    price_per_engine_hour: float | None = None
+    spot_saving_usd: float | None = Field(default=None, description="What the same engine time costs on dedicated, minus usd.")
+    model: str | None = Field(default=None, description="The catalogue model whose price applies.")
 
 
 class JobStats(BaseModel):

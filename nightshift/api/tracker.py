@@ -10,7 +10,6 @@ in-process tests pass their own, the server passes ``PrefectOrchestrator``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,11 +19,14 @@ from uuid import UUID
 
 from nightshift.core.artifacts import Manifest
 from nightshift.core.lifecycle import BatchEvent, BatchStatus
+from nightshift.core.progress import Progress
 from nightshift.storage import ArtifactStore
 
 if TYPE_CHECKING:
     from nightshift.api.db import Batch
-    from nightshift.api.submit import Submission
+    from nightshift.core.placement import PoolState
+    from nightshift.orchestration.submit import Submission
+    from nightshift.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Orchestrator(Protocol):
     """Where batches run: starts them on a pool, reports and cancels their runs."""
 
     def submit(self, source_uri: str, **params: Any) -> Submission:
-        """Place the batch and start its run (``api.submit.submit_batch``'s arguments)."""
+        """Place the batch and start its run (``orchestration.submit.submit_batch``'s arguments)."""
         ...
 
     def run_state(self, flow_run_id: str) -> RunState:
@@ -59,22 +61,32 @@ class Orchestrator(Protocol):
         """Ask for the run to be cancelled (its worker stops the process)."""
         ...
 
+    def pool_states(self, settings: Settings) -> tuple[PoolState, PoolState]:
+        """(spot, dedicated) as the orchestrator sees them now (``orchestration.submit.read_pool_states``)."""
+        ...
+
 
 class PrefectOrchestrator:
     """``Orchestrator`` over Prefect deployments and flow runs (imports Prefect on first use)."""
 
     def submit(self, source_uri: str, **params: Any) -> Submission:
-        """Place and start the batch (``api.submit.submit_batch``)."""
-        from nightshift.api.submit import submit_batch
+        """Place and start the batch (``orchestration.submit.submit_batch``)."""
+        from nightshift.orchestration.submit import submit_batch
 
         return submit_batch(source_uri, **params)
+
+    def pool_states(self, settings: Settings) -> tuple[PoolState, PoolState]:
+        """(spot, dedicated) as Prefect sees them now: workers, slots, queue."""
+        from nightshift.orchestration.submit import read_pool_states
+
+        return read_pool_states(settings)
 
     def run_state(self, flow_run_id: str) -> RunState:
         """Follow the batch from ``flow_run_id`` to the run now carrying it (preemption and
         escalation hand a batch to a new run whose ``resumed_from`` names the old one)."""
         from prefect import get_client
 
-        from nightshift.api.submit import HANDED_OFF, find_successor
+        from nightshift.orchestration.submit import HANDED_OFF, find_successor
 
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(UUID(flow_run_id))
@@ -105,7 +117,7 @@ class BatchState:
     """What the store and the orchestrator say about one batch right now."""
 
     manifest: Manifest | None = None
-    progress: dict[str, Any] | None = None
+    progress: Progress | None = None
     run: RunState | None = None
 
 
@@ -118,7 +130,7 @@ def read_store_state(store: ArtifactStore, batch_id: str) -> BatchState:
         return state
     running = store.newest(batch_id, "progress.json")
     if running is not None:
-        state.progress = json.loads(store.read_bytes(running.progress))
+        state.progress = Progress.model_validate_json(store.read_bytes(running.progress))
     return state
 
 
@@ -153,6 +165,7 @@ def observe(batch: Batch, state: BatchState, now: datetime) -> Observation:
             "version": m.version,
             "request_counts": m.request_counts.model_dump(),
             "usage": m.usage.model_dump(),
+            "cost": None if m.cost is None else m.cost.model_dump(mode="json"),
             "finalizing_at": batch.finalizing_at or m.completed_at,
             "completed_at": m.completed_at,
             "in_progress_at": batch.in_progress_at or m.created_at,
@@ -182,10 +195,10 @@ def observe(batch: Batch, state: BatchState, now: datetime) -> Observation:
     p = state.progress
     if p is not None:
         seen.progress.update(
-            version=p.get("version"),
-            request_counts={"total": p["total"], "completed": p["completed"], "failed": p["failed"]},
+            version=p.version,
+            request_counts={"total": p.total, "completed": p.completed, "failed": p.failed},
         )
-        done = p["total"] > 0 and p["completed"] + p["failed"] >= p["total"]
+        done = p.total > 0 and p.completed + p.failed >= p.total
         seen.event = BatchEvent.FINALIZING if done else BatchEvent.RUNNING
         seen.fields = {"in_progress_at": batch.in_progress_at or now}
     elif run_name == "Running":

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from nightshift.core.cost import BatchCost
+from nightshift.core.estimate import BatchEstimate
 from nightshift.core.hashing import sha256_bytes, sha256_json
 from nightshift.core.lineage import Lineage
 from nightshift.core.progress import Progress
@@ -181,6 +183,12 @@ class Manifest(BaseModel):
     )
     progress: Progress | None = Field(
         default=None, description="The SLA watch's last snapshot of the run that computed it (rates, ETA, risk, warnings)."
+    )
+    estimate: BatchEstimate | None = Field(
+        default=None, description="The forecast made before the run (at submit, else at the run's start), from core.estimate."
+    )
+    cost: BatchCost | None = Field(
+        default=None, description="What the run that computed it cost: its engine-seconds on its pool (core.cost)."
     )
 
     model_config = {"populate_by_name": True}

@@ -97,6 +97,11 @@ class InputSchemaError(ValueError, NightshiftError):
         return cls(message, line=line, param=column, value=value, custom_id=custom_id)
 
 
+class ConfigError(ValueError, NightshiftError):
+    """A configuration file (the model catalogue...) is unreadable or invalid; the message names the
+    file and the field."""
+
+
 class ModelError(NightshiftError):
     """A model could not be found, built or converted."""
 

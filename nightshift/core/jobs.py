@@ -300,25 +300,6 @@ def render_inline(job: JobCreate, *, model: str, max_items: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class Prices(BaseModel):
-    """What a job costs, per million tokens, on dedicated capacity; spot is discounted."""
-
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
-    spot_discount: float = Field(ge=0, le=1, description="Share of the price taken off on spot capacity.")
-
-
-def job_cost(usage: dict[str, int] | None, *, pool_kind: str | None, prices: Prices) -> float:
-    """USD cost of a job's tokens on the capacity it ran on."""
-    usage = usage or {}
-    cost = (
-        usage.get("prompt_tokens", 0) * prices.input_per_million + usage.get("completion_tokens", 0) * prices.output_per_million
-    ) / 1e6
-    if pool_kind == "spot":
-        cost *= 1 - prices.spot_discount
-    return round(cost, 6)
-
-
 def mean_request_latency(shards: Sequence[dict[str, Any]]) -> float | None:
     """Mean seconds a request spent in the engine: every request of a shard waits for the whole
     shard, so each shard's time counts once per request in it. None when no shard was timed."""

@@ -10,7 +10,7 @@ UTF-8 is one bad line (an error row that keeps its number), never a reason to re
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 BOM = b"\xef\xbb\xbf"
 
@@ -36,13 +36,59 @@ def decode_line(raw: bytes) -> str:
         return UndecodableLine(f"line is not UTF-8 text (byte {exc.start + 1} of the line)")
 
 
+class LineSplitter:
+    """Splits a file fed in chunks into ``(line number, text)`` pairs: the one line rule, whole or streamed.
+
+    A chunk may end anywhere (inside a line, a ``\\r\\n`` or a multi-byte UTF-8 character): the
+    unfinished last line waits for the next chunk, so only one line is ever held beyond a chunk.
+    """
+
+    def __init__(self) -> None:
+        self._number = 0
+        self._pending: list[bytes] = []
+        self._first = True
+
+    def feed(self, chunk: bytes) -> list[tuple[int, str]]:
+        """The non-blank lines ``chunk`` completes."""
+        if b"\n" not in chunk:
+            self._pending.append(chunk)
+            if not self._first or sum(map(len, self._pending)) < len(BOM):
+                return []
+            chunk, self._pending = b"".join(self._pending), []
+        else:
+            chunk, self._pending = b"".join([*self._pending, chunk]), []
+        if self._first:
+            chunk = chunk.removeprefix(BOM)
+            self._first = False
+        *complete, tail = chunk.split(b"\n")
+        if tail:
+            self._pending.append(tail)
+        return self._lines(complete)
+
+    def finish(self) -> list[tuple[int, str]]:
+        """The last line (a file need not end with a newline)."""
+        raw, self._pending = b"".join(self._pending), []
+        if self._first:
+            raw = raw.removeprefix(BOM)
+            self._first = False
+        return self._lines([raw])
+
+    def _lines(self, raws: list[bytes]) -> list[tuple[int, str]]:
+        start, self._number = self._number + 1, self._number + len(raws)
+        return [(number, decode_line(raw)) for number, raw in enumerate(raws, start=start) if raw.strip()]
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` for every non-blank line of a file read in ``chunks``."""
+    splitter = LineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.finish()
+
+
 def split_lines(data: bytes) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` for every non-blank line of ``data``, numbered as an editor shows them."""
-    if data.startswith(BOM):
-        data = data[len(BOM) :]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if raw.strip():
-            yield number, decode_line(raw)
+    return iter_lines((data,))
 
 
 def is_json_object(text: str) -> bool:
@@ -62,25 +108,17 @@ class LineCounter:
     def __init__(self) -> None:
         self.lines = 0
         self.objects = 0
-        self._tail = b""
-        self._first = True
+        self._splitter = LineSplitter()
 
     def feed(self, chunk: bytes) -> None:
         """Count the complete lines in ``chunk`` (a partial last line waits for the next chunk)."""
-        data = self._tail + chunk
-        if self._first and (len(data) >= len(BOM) or b"\n" in data):
-            data = data.removeprefix(BOM)
-            self._first = False
-        *complete, self._tail = data.split(b"\n")
-        for raw in complete:
-            self._count(raw)
+        self._count(self._splitter.feed(chunk))
 
     def finish(self) -> None:
         """Count the last line (a file need not end with a newline)."""
-        self._count(self._tail.removeprefix(BOM) if self._first else self._tail)
-        self._tail = b""
+        self._count(self._splitter.finish())
 
-    def _count(self, raw: bytes) -> None:
-        if raw.strip():
+    def _count(self, lines: list[tuple[int, str]]) -> None:
+        for _, text in lines:
             self.lines += 1
-            self.objects += is_json_object(decode_line(raw))
+            self.objects += is_json_object(text)

@@ -84,7 +84,7 @@ class Risk(enum.StrEnum):
 
 
 #: Which verdict on which kind of pool moves a running batch to the dedicated pool. The watch raises
-#: a verdict's event once per batch version (flows/watch.py); the escalation automation is built from
+#: a verdict's event once per batch version (nightshift/orchestration/watch.py); the escalation automation is built from
 #: this table (deployments/automations.py) and the fleet simulator asks ``escalates_to_dedicated``.
 #: A breached batch is only alerted: it can no longer make its deadline, and a move costs a restart.
 ESCALATIONS: frozenset[tuple[Risk, str]] = frozenset({(Risk.AT_RISK, "spot")})

@@ -77,10 +77,9 @@ def summary_markdown(
     engine_requests: int | None = None,
     downloads: Mapping[str, str] | None = None,
     downloads_expire_at: datetime | None = None,
-    cost_usd: float | None = None,
-    capacity: str | None = None,
 ) -> str:
-    """The run's summary: batch and version, tier and pool, request counts, usage, cost, SLA, files, engine.
+    """The run's summary: batch and version, tier and pool, request counts, usage, SLA, the estimate
+    beside the actual cost, files, engine.
 
     Args:
         manifest: the published version's manifest.
@@ -91,7 +90,6 @@ def summary_markdown(
         engine_requests: requests sent to the engine in this run.
         downloads: file name (``output``, ``errors``) → a link to download it (presigned on S3),
             valid until ``downloads_expire_at`` (None: a link that does not expire).
-        cost_usd: what the tokens cost on the capacity the run used (``capacity``: spot or dedicated).
     """
     counts, usage, cache = manifest.request_counts, manifest.usage, manifest.cache
     reused_shards = sum(s.reused for s in manifest.shards)
@@ -117,8 +115,7 @@ def summary_markdown(
         f"| {usage.completion_tokens} | {usage.total_tokens} |",
         "",
     ]
-    if cost_usd is not None:
-        lines += [f"**Cost** ${cost_usd:.6f} on {capacity or 'dedicated'} capacity.", ""]
+    lines += _cost_lines(manifest)
     lines += ["## Files", ""]
     downloads = downloads or {}
     # A list, not a table: URLs are long, and a table would push the sizes out of view.
@@ -149,6 +146,43 @@ def summary_markdown(
         lineage = manifest.lineage
         lines.append(f"- **lineage** {lineage.relation} of `{lineage.parent_batch_id}` version `{lineage.parent_version}`")
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(manifest: Manifest) -> list[str]:
+    """The estimate made before the run beside what the run took and cost (either may be missing:
+    a version published before costs were recorded, or a run with no estimate)."""
+    estimate, cost, counts, usage = manifest.estimate, manifest.cost, manifest.request_counts, manifest.usage
+    if estimate is None and cost is None:
+        return []
+    lines: list[str] = []
+    if cost is not None:
+        saving = f"; spot saving ${cost.spot_saving_usd:.6f}" if cost.pool == "spot" else ""
+        lines += [
+            f"**Cost** ${cost.usd:.6f} on {cost.pool} capacity ({cost.engine_hours:.4f} engine-hours of `{cost.model}` "
+            f"× ${cost.price_per_engine_hour:g}/h{saving}).",
+            "",
+        ]
+    lines += [
+        "| | requests | prompt tokens | completion tokens | engine time | engine-hours | capacity | cost $ | spot saving $ |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    if estimate is not None:
+        e = estimate.cost
+        lines.append(
+            f"| estimate ({estimate.confidence}) | {estimate.requests} | ~{estimate.prompt_tokens} "
+            f"| ≤{estimate.completion_tokens} | {format_duration(e.engine_seconds)} | {e.engine_hours:.4f} | {e.pool} "
+            f"| {e.usd:.6f} | {e.spot_saving_usd:.6f} |"
+        )
+    if cost is not None:
+        lines.append(
+            f"| actual | {counts.total} | {usage.prompt_tokens} | {usage.completion_tokens} "
+            f"| {format_duration(cost.engine_seconds)} | {cost.engine_hours:.4f} | {cost.pool} | {cost.usd:.6f} "
+            f"| {cost.spot_saving_usd:.6f} |"
+        )
+    lines.append("")
+    if estimate is not None:
+        lines += [f"Estimate basis: {estimate.basis}. Tokens: {estimate.token_rule}.", ""]
+    return lines
 
 
 def placement_markdown(

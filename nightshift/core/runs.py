@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nightshift.core.estimate import BatchEstimate
 from nightshift.core.lineage import Lineage
 from nightshift.core.placement import Placement
 from nightshift.core.protocol import Endpoint
@@ -103,6 +104,9 @@ class BatchRunContext(BaseModel):
         description="When the batch was submitted; defaults to now. A resumed run keeps the original, so the deadline holds.",
     )
     placement: Placement | None = Field(default=None, description="The pool `submit_batch` chose for this batch and why.")
+    estimate: BatchEstimate | None = Field(
+        default=None, description="The forecast `submit_batch` placed it on; the manifest keeps it beside the actual cost."
+    )
     parent: Lineage | None = Field(default=None, description="Set by retry-failed: the batch version this one retries.")
     drill: FaultInjection | None = Field(default=None, description="Operator-only fault injection.")
     overrides: RunOverrides | None = Field(default=None, description="Settings this run changes for itself (the CLI's options).")

@@ -16,8 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
+from pydantic import BaseModel, Field
+
 from nightshift.core.artifacts import ResultRow
 from nightshift.core.errors import UnsupportedRequestError
+from nightshift.core.hashing import sha256_json
 from nightshift.core.protocol import BatchError, Endpoint, ValidRequest
 from nightshift.settings import EngineConfig
 
@@ -29,6 +32,26 @@ ENGINE_MODULES: dict[str, str] = {"vllm": "nightshift.engine.vllm_engine", "tran
 _COUNTING = threading.Lock()
 #: Engine classes by ``kind``, filled as each engine module defines its ``BaseEngine`` subclass.
 _ENGINES: dict[str, type[BaseEngine]] = {}
+
+
+class EngineSpec(BaseModel):
+    """What an engine actor serves; equal specs share one warm actor."""
+
+    model_path: str
+    served_model_name: str
+    endpoint: Endpoint
+    config: EngineConfig
+    adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters served beside the model: id → folder.")
+    max_lora_rank: int | None = Field(default=None, ge=1, description="The largest adapter rank (None: no adapters).")
+
+    def actor_name(self, replica: int = 0) -> str:
+        """Stable name of replica ``replica`` of the actors serving this spec.
+
+        The replica count is left out of the hash: scaling a spec from one replica to three keeps
+        replica 0 (and its warm engine) and adds two beside it.
+        """
+        digest = sha256_json(self.model_dump(mode="json", exclude={"config": {"replicas"}}))[:16]
+        return f"engine-{digest}-{replica}"
 
 
 class Engine(Protocol):
@@ -66,8 +89,9 @@ class BaseEngine(ABC):
     fallback_reason: str | None = None  # set by build_engine when "auto" fell back to this engine
 
     @abstractmethod
-    def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
-        """Load ``model_path`` to answer ``endpoint`` requests under ``served_model_name``."""
+    def __init__(self, spec: EngineSpec) -> None:
+        """Load ``spec.model_path`` to answer ``spec.endpoint`` requests under ``spec.served_model_name``,
+        and ``spec.adapters`` (LoRA adapter id → folder) under their ids."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Register each engine under its ``kind``, so ``build_engine`` finds it by name."""
@@ -141,18 +165,18 @@ class BaseEngine(ABC):
         return ResultRow(line=request.line, custom_id=request.custom_id, error=error)
 
 
-def build_engine(model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> Engine:
-    """The engine ``config.kind`` asks for; with ``"auto"``, vLLM unless it cannot serve the model.
+def build_engine(spec: EngineSpec) -> Engine:
+    """The engine ``spec.config.kind`` asks for; with ``"auto"``, vLLM unless it cannot serve the model.
 
     ``"auto"`` falls back on any failure to import vLLM, build ``LLM`` or answer a one-token
     probe, logs a warning with the reason, and records it as ``info()["fallback_reason"]``.
     An explicit ``"vllm"`` never falls back: its failure raises (or fails requests) as before.
     """
-    if config.kind != "auto":
-        return engine_class(config.kind)(model_path, served_model_name, endpoint, config)
+    if spec.config.kind != "auto":
+        return engine_class(spec.config.kind)(spec)
     engine: BaseEngine | None = None
     try:
-        engine = engine_class("vllm")(model_path, served_model_name, endpoint, config)
+        engine = engine_class("vllm")(spec)
         engine.probe()
         return engine
     except Exception as exc:  # noqa: BLE001 - any vLLM failure is a reason to fall back
@@ -162,8 +186,8 @@ def build_engine(model_path: str, served_model_name: str, endpoint: Endpoint, co
         engine.close()
     del engine
     gc.collect()
-    log.warning("vLLM cannot serve %s (%s); falling back to the transformers engine", model_path, reason)
-    fallback = engine_class("transformers")(model_path, served_model_name, endpoint, config)
+    log.warning("vLLM cannot serve %s (%s); falling back to the transformers engine", spec.model_path, reason)
+    fallback = engine_class("transformers")(spec)
     fallback.fallback_reason = reason
     return fallback
 

@@ -57,8 +57,7 @@ from nightshift.core.protocol import (
     ValidRequest,
 )
 from nightshift.engine import sampling
-from nightshift.engine.base import BaseEngine
-from nightshift.settings import EngineConfig
+from nightshift.engine.base import BaseEngine, EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +105,16 @@ class TransformersEngine(BaseEngine):
 
     kind = "transformers"
 
-    def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
+    def __init__(self, spec: EngineSpec) -> None:
+        model_path, served_model_name, endpoint, config = spec.model_path, spec.served_model_name, spec.endpoint, spec.config
         import torch
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model_name = served_model_name
+        # LoRA adapters are vLLM's (its batched LoRA kernels): this engine refuses their lines, never
+        # answering them with the base model.
+        self.adapters = sorted(spec.adapters)
         self.endpoint = endpoint
         self.config = config
         self.requests_served = 0
@@ -193,8 +196,18 @@ class TransformersEngine(BaseEngine):
                 rows[job.index] = self._row(job, choices)
         return [row for row in rows if row is not None]
 
+    def _refuse_adapter(self, request: ValidRequest) -> None:
+        model = request.body.get("model")
+        if model in self.adapters:
+            raise UnsupportedRequestError(
+                f"the LoRA adapter {model!r} is served by the vLLM engine only; this batch ran on the transformers engine"
+                + (" (vLLM could not serve the model here)" if self.fallback_reason else ""),
+                param="model",
+            )
+
     def _prepare(self, index: int, request: ValidRequest) -> _Job:
         """Tokenize one request and resolve its sampling settings as vLLM would."""
+        self._refuse_adapter(request)
         body: ChatCompletionRequest | CompletionRequest
         if self.endpoint is Endpoint.RESPONSES:
             # The chat request it stands for: the same prompt, budget and format, answered alike.
@@ -366,6 +379,7 @@ class TransformersEngine(BaseEngine):
         prepared: list[tuple[int, ValidRequest, list[list[int]]]] = []
         for i, request in enumerate(requests):
             try:
+                self._refuse_adapter(request)
                 if self._embed_unsupported:
                     raise UnsupportedRequestError(
                         f"the transformers engine cannot embed like vLLM here: {self._embed_unsupported}"

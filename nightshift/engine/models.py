@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import fsspec
 
@@ -287,9 +288,48 @@ def provision_smollm2(cache_dir: Path) -> Path:
 EMBEDDED_MODELS: dict[str, Callable[[Path], Path]] = {SMOLLM2_NAME: provision_smollm2}
 
 
-def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
-    """Turn a local model folder or an embedded model name into a loadable HF folder path."""
-    candidate = Path(name_or_path).expanduser()
+def fetch_folder(url: str, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> Path:
+    """Copy (once) the folder at an object-store URL into ``cache_dir``; the local copy's path.
+
+    The copy is keyed by the URL: weights at a URL are taken as immutable (publish a new version
+    under a new URL, as model registries do), so a warm cache never re-downloads gigabytes.
+    """
+    target = Path(cache_dir) / "remote" / sha256_json(url)[:24]
+    if _is_complete(target):
+        return target
+
+    def build(tmp: Path) -> dict:
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        root = root.rstrip("/")
+        files = [p for p in fs.find(root) if p != root]
+        if not files:
+            raise ModelError(f"{url} holds no files")
+        for remote in files:
+            local = tmp / remote[len(root) + 1 :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+        return {"kind": "remote", "url": url}
+
+    try:
+        return _build_atomically(target, build)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed download names the URL, not the client library's internals
+        raise ModelError(f"could not copy {url}: {type(exc).__name__}") from exc
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+def resolve_model(name_or_path: str, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> Path:
+    """Turn a local model folder, an object-store URL or an embedded model name into a loadable HF folder path."""
+    if _is_url(name_or_path):
+        folder = fetch_folder(name_or_path, cache_dir, storage_options)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{name_or_path} has no config.json; it is not an HF model folder")
+        return folder
+    candidate = Path(name_or_path.removeprefix("file://")).expanduser()
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise ModelError(f"{candidate} is a folder but has no config.json; it is not an HF model folder")
@@ -302,6 +342,17 @@ def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
         f"be one of the embedded names ({', '.join(sorted(EMBEDDED_MODELS))}) or a local HF model "
         "folder containing config.json"
     )
+
+
+def resolve_adapter(source: str, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> tuple[Path, int]:
+    """A LoRA adapter's local folder (PEFT layout: ``adapter_config.json`` beside the weights) and its rank."""
+    folder = fetch_folder(source, cache_dir, storage_options) if _is_url(source) else Path(source.removeprefix("file://"))
+    config = folder.expanduser() / "adapter_config.json"
+    try:
+        rank = int(json.loads(config.read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{source} is not a LoRA adapter folder (no readable adapter_config.json with a rank 'r')") from exc
+    return folder.expanduser(), rank
 
 
 #: Beside a model folder: its tree hash and the file sizes and times it was computed from (hidden, so

@@ -19,12 +19,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from nightshift.core.artifacts import ResultRow, WorkerRecord, decode_results, encode_rows, total_usage
-from nightshift.core.errors import NightshiftError
-from nightshift.core.hashing import sha256_bytes, sha256_json
-from nightshift.core.protocol import Endpoint, Usage
+from nightshift.core.errors import EngineError, NightshiftError
+from nightshift.core.hashing import sha256_bytes
+from nightshift.core.protocol import Usage
 from nightshift.core.sharding import decode_shard
+from nightshift.engine.base import EngineSpec
 from nightshift.runtime import RAY_ENV, apply_defaults
-from nightshift.settings import EngineConfig, RayConfig, StorageConfig
+from nightshift.settings import RayConfig, StorageConfig
 from nightshift.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -33,24 +34,6 @@ NAMESPACE = "nightshift"
 
 #: Shards one engine actor holds at once, over all batches sharing it (each batch keeps a few in flight).
 MAX_SHARDS_IN_ACTOR = 64
-
-
-class EngineSpec(BaseModel):
-    """What an engine actor serves; equal specs share one warm actor."""
-
-    model_path: str
-    served_model_name: str
-    endpoint: Endpoint
-    config: EngineConfig
-
-    def actor_name(self, replica: int = 0) -> str:
-        """Stable name of replica ``replica`` of the actors serving this spec.
-
-        The replica count is left out of the hash: scaling a spec from one replica to three keeps
-        replica 0 (and its warm engine) and adds two beside it.
-        """
-        digest = sha256_json(self.model_dump(mode="json", exclude={"config": {"replicas"}}))[:16]
-        return f"engine-{digest}-{replica}"
 
 
 class ShardOutcome(BaseModel):
@@ -121,25 +104,72 @@ class _EngineActor:
         from nightshift.engine.base import build_engine
 
         # vLLM or transformers, as spec.config.kind says ("auto": vLLM unless it cannot serve the model).
-        self.engine = build_engine(spec.model_path, spec.served_model_name, spec.endpoint, spec.config)
+        self.engine = build_engine(spec)
         self._one_at_a_time = contextlib.nullcontext() if getattr(self.engine, "concurrent", False) else threading.Lock()
+        # What the autoscaler reads (nightshift.engine.autoscale): shards in the replica, since when
+        # it is idle, how much it answered in how much busy time, and whether it is retiring.
+        self._state = threading.Lock()
+        self._in_flight, self._retiring = 0, False
+        self._started_at = self._idle_since = time.time()
+        self._busy_since: float | None = None
+        self._busy_seconds, self._requests = 0.0, 0
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()
 
+    def load(self) -> dict[str, Any]:
+        """Shards in the replica, idle since (wall clock), requests answered and busy seconds so far."""
+        with self._state:
+            busy = self._busy_seconds + (time.time() - self._busy_since if self._busy_since is not None else 0.0)
+            return {
+                "in_flight": self._in_flight,
+                "idle_since": self._idle_since if self._in_flight == 0 else None,
+                "started_at": self._started_at,
+                "requests": self._requests,
+                "busy_seconds": busy,
+            }
+
+    def retire(self) -> bool:
+        """Take no more shards if none is in the replica now (True: it may be stopped; a shard sent
+        after this is refused with ``ReplicaRetired`` and the feed sends it elsewhere)."""
+        with self._state:
+            if self._in_flight == 0:
+                self._retiring = True
+            return self._retiring
+
     def run_shard(
         self, storage: StorageConfig, name: str, requests_path: str, results_path: str, priority: int = 0
     ) -> ShardOutcome:
-        store = ArtifactStore.from_config(storage)
-        requests = decode_shard(store.read_bytes(requests_path))
-        with self._one_at_a_time:
-            started = time.perf_counter()
-            rows: list[ResultRow] = self.engine.run(requests, priority=priority)
-            seconds = time.perf_counter() - started
-        data = encode_rows(rows)
-        store.write_bytes(results_path, data)
+        with self._state:
+            if self._retiring:
+                raise ReplicaRetired(f"engine replica retiring; shard {name} goes to another")
+            self._in_flight += 1
+            if self._busy_since is None:
+                self._busy_since = time.time()
+        try:
+            store = ArtifactStore.from_config(storage)
+            requests = decode_shard(store.read_bytes(requests_path))
+            with self._one_at_a_time:
+                started = time.perf_counter()
+                rows: list[ResultRow] = self.engine.run(requests, priority=priority)
+                seconds = time.perf_counter() - started
+            data = encode_rows(rows)
+            store.write_bytes(results_path, data)
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                if self._in_flight == 0 and self._busy_since is not None:
+                    self._idle_since = time.time()
+                    self._busy_seconds += self._idle_since - self._busy_since
+                    self._busy_since = None
+        with self._state:
+            self._requests += len(rows)
         worker = _this_worker(self.engine.info())
         return ShardOutcome.of(name, results_path, data, rows, seconds).model_copy(update={"worker": worker})
+
+
+class ReplicaRetired(NightshiftError):
+    """A shard reached a replica that is being retired (between shards): it runs on another one."""
 
 
 def _this_worker(engine_info: dict[str, Any]) -> WorkerRecord:
@@ -163,12 +193,15 @@ def _this_worker(engine_info: dict[str, Any]) -> WorkerRecord:
     )
 
 
-def get_engine(spec: EngineSpec, replica: int = 0) -> Any:
-    """Replica ``replica`` of the warm actors for ``spec``, created on first use (Ray must be initialized)."""
+def get_engine(spec: EngineSpec, replica: int = 0, options: dict[str, Any] | None = None) -> Any:
+    """Replica ``replica`` of the warm actors for ``spec``, created on first use (Ray must be initialized).
+
+    ``options`` add to or override Ray's actor options (the autoscaler's resources and restarts).
+    """
     import ray
 
     cfg = spec.config
-    options: dict[str, Any] = {
+    base: dict[str, Any] = {
         "name": spec.actor_name(replica),
         "namespace": NAMESPACE,
         "get_if_exists": True,
@@ -183,8 +216,8 @@ def get_engine(spec: EngineSpec, replica: int = 0) -> Any:
         "max_restarts": 1,  # a crashed engine is rebuilt once; shards already written survive
     }
     if cfg.keep_warm:
-        options["lifetime"] = "detached"
-    return ray.remote(_EngineActor).options(**options).remote(spec)
+        base["lifetime"] = "detached"
+    return ray.remote(_EngineActor).options(**(base | (options or {}))).remote(spec)
 
 
 def get_engines(spec: EngineSpec) -> list[Any]:
@@ -202,14 +235,18 @@ def wait_for_an_engine(spec: EngineSpec) -> float:
 
 
 def release_all_engines() -> int:
-    """Stop every warm engine actor on the cluster (frees their CPU/GPU reservations)."""
+    """Stop every warm engine actor on the cluster (frees their CPU/GPU reservations), and the
+    autoscalers first, which would otherwise start their minimum again (counted with the engines)."""
     import ray
 
-    names = [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == NAMESPACE and a["name"].startswith("engine-")
-    ]
+    names = sorted(
+        (
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == NAMESPACE and a["name"].startswith(("engine-", "autoscaler-"))
+        ),
+        key=lambda name: not name.startswith("autoscaler-"),
+    )
     for name in names:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace=NAMESPACE))
@@ -225,6 +262,32 @@ class ShardJob(BaseModel):
     num_requests: int
 
 
+class ReplicaFleet:
+    """The replicas a shard feed sends shards to: the spec's ``replicas`` fixed actors.
+
+    The autoscaler's fleet (``nightshift.engine.autoscale.ElasticFleet``) answers the same calls with
+    replicas that come and go while the feed runs, and hears how much work is left.
+    """
+
+    #: How often the feed asks for the current replicas (an elastic fleet changes; a fixed one only when one dies).
+    refresh_seconds: float | None = None
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+
+    def replicas(self) -> dict[str, Any]:
+        """Replica name → actor handle, created on first use (a lost one is created again)."""
+        return {self.spec.actor_name(i): get_engine(self.spec, i) for i in range(self.spec.config.replicas)}
+
+    def report(self, remaining: int) -> None:
+        """Requests of this feed not answered yet (a fixed fleet has no use for it)."""
+
+
+#: Times a shard is sent again after the replica running it was lost (node gone, actor killed)
+#: before the run fails: a shard that kills every engine it reaches must not loop forever.
+MAX_SHARD_ATTEMPTS = 4
+
+
 def run_shards(
     spec: EngineSpec,
     storage: StorageConfig,
@@ -233,6 +296,7 @@ def run_shards(
     on_done: Callable[[ShardOutcome], None] | None = None,
     in_flight: int = 2,
     priority: int = 0,
+    fleet: ReplicaFleet | None = None,
 ) -> list[ShardOutcome]:
     """Run shards on the spec's warm replicas, ``in_flight`` at a time on each, in order of completion.
 
@@ -243,18 +307,51 @@ def run_shards(
     the fewest in flight, so a replica that finishes early gets the next one. A replica takes
     shards only once it is up: one that Ray cannot place (no room on the cluster) holds none
     hostage, the others carry the batch.
+    Replicas may come and go while the feed runs (``fleet``: an autoscaled one, or a node lost): a
+    shard whose replica was lost or retired is sent again to another, so no request is lost; a
+    shard is written whole or not at all, so a second run of it only rewrites the same file.
     If the driver fails (``on_done`` raised), the shards already running are still waited for, so
     their results land before the error propagates.
     """
     import ray
 
-    actors = get_engines(spec)
-    starting = {actor.__ray_ready__.remote(): i for i, actor in enumerate(actors)}
-    ready: list[int] = []
-    load = [0] * len(actors)
+    fleet = fleet or ReplicaFleet(spec)
+    actors: dict[str, Any] = {}
+    starting: dict[Any, str] = {}
+    ready: list[str] = []
+    load: dict[str, int] = {}
     pending = list(jobs)
-    running: dict[Any, int] = {}
+    attempts: dict[str, int] = {}
+    refused: set[str] = set()  # retiring replicas: the fleet may list them a moment longer
+    running: dict[Any, tuple[str, ShardJob]] = {}
     outcomes: list[ShardOutcome] = []
+
+    def refresh() -> None:
+        current = fleet.replicas()
+        for name in [n for n in actors if n not in current]:
+            lose(name)
+        for name, actor in current.items():
+            if name not in actors and name not in refused:
+                actors[name] = actor
+                load.setdefault(name, 0)  # shards still out on a lost predecessor of that name count until they fail
+                starting[actor.__ray_ready__.remote()] = name
+
+    def lose(name: str) -> None:
+        actors.pop(name, None)
+        if name in ready:
+            ready.remove(name)
+
+    def again(job: ShardJob, why: str) -> None:
+        attempts[job.name] = attempts.get(job.name, 1) + 1
+        if attempts[job.name] > MAX_SHARD_ATTEMPTS:
+            raise EngineError(f"shard {job.name} lost its engine replica {MAX_SHARD_ATTEMPTS} times; last: {why}")
+        log.warning("shard %s goes to another replica: %s", job.name, why)
+        pending.insert(0, job)
+
+    refresh()
+    last_refresh = time.monotonic()
+    remaining = sum(j.num_requests for j in jobs)
+    fleet.report(remaining)
     try:
         while pending or running:
             while pending and ready:
@@ -262,28 +359,63 @@ def run_shards(
                 if load[free] >= in_flight:
                     break
                 job = pending.pop(0)
-                running[actors[free].run_shard.remote(storage, job.name, job.requests_path, job.results_path, priority)] = free
-                load[free] += 1
+                ref = actors[free].run_shard.remote(storage, job.name, job.requests_path, job.results_path, priority)
+                running[ref], load[free] = (free, job), load[free] + 1
+            every = fleet.refresh_seconds
+            if every is not None and time.monotonic() - last_refresh >= every:
+                refresh()
+                last_refresh = time.monotonic()
+                fleet.report(remaining)
             # Replicas still starting matter only while there is work for them.
-            done, _ = ray.wait(list(running) + (list(starting) if pending else []), num_returns=1)
-            if done[0] in starting:
-                ray.get(done[0])  # a replica that failed to start is an infrastructure error
-                ready.append(starting.pop(done[0]))
+            waiting = list(running) + (list(starting) if pending else [])
+            if not waiting:  # work, but no replica (scaled to zero, or all lost): ask again shortly
+                time.sleep(every or 1.0)
+                if every is None:
+                    refresh()
                 continue
-            load[running.pop(done[0])] -= 1
+            done, _ = ray.wait(waiting, num_returns=1, timeout=every)
+            if not done:
+                continue
+            if done[0] in starting:
+                name = starting.pop(done[0])
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayActorError as exc:
+                    if exc.actor_init_failed:
+                        raise  # the engine cannot load: an infrastructure error, not a replica to wait for
+                    lose(name)  # retired or lost before it came up; the fleet names its successor
+                    continue
+                if name in actors:
+                    ready.append(name)
+                continue
+            name, job = running.pop(done[0])
+            load[name] = load.get(name, 1) - 1
             try:
                 outcome: ShardOutcome = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                lose(name)
+                again(job, f"replica {name} lost ({type(exc).__name__})")
+                if fleet.refresh_seconds is None:
+                    refresh()  # a fixed fleet creates the lost replica again
+                continue
             except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, ReplicaRetired):
+                    lose(name)
+                    refused.add(name)
+                    pending.insert(0, job)
+                    continue
                 if isinstance(exc.cause, NightshiftError):
                     raise exc.cause from None  # our own typed error (storage down, disk full), not Ray's traceback
                 raise
             outcomes.append(outcome)
+            remaining -= job.num_requests
+            fleet.report(remaining)
             if on_done is not None:
                 on_done(outcome)
     finally:
         if running:
             ray.wait(list(running), num_returns=len(running))
-    if starting and jobs:
+    if starting and jobs and fleet.refresh_seconds is None:
         log.warning(
             "%d of %d engine replicas took no shard (still starting, or no room on the cluster)", len(starting), len(actors)
         )

@@ -22,14 +22,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from copy import copy
 from dataclasses import dataclass
 from typing import Any
 
 from nightshift.core.artifacts import ResultRow
 from nightshift.core.protocol import BatchError, Endpoint, Usage, ValidRequest
-from nightshift.engine.base import BaseEngine
+from nightshift.engine.base import BaseEngine, EngineSpec
 from nightshift.runtime import ENGINE_ENV, apply_defaults
 from nightshift.settings import EngineConfig
 
@@ -46,8 +46,19 @@ def prepare_environment(config: EngineConfig) -> None:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def engine_kwargs(model_path: str, endpoint: Endpoint, config: EngineConfig) -> dict[str, Any]:
-    """vLLM engine arguments (``LLM(**kw)`` / ``AsyncEngineArgs(**kw)``) for one endpoint's engine."""
+#: vLLM's allowed LoRA ranks (``LoRAConfig.max_lora_rank``): an adapter's rank is rounded up to one.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+#: Adapters the engine runs in one step (vLLM's ``max_loras``). Each batch names one adapter, so
+#: this many batches on different adapters of the model share a step; more take turns.
+MAX_LORAS_PER_STEP = 4
+
+
+def engine_kwargs(
+    model_path: str, endpoint: Endpoint, config: EngineConfig, *, adapters: int = 0, max_lora_rank: int | None = None
+) -> dict[str, Any]:
+    """vLLM engine arguments (``LLM(**kw)`` / ``AsyncEngineArgs(**kw)``) for one endpoint's engine,
+    with LoRA enabled when it serves ``adapters`` adapters of rank up to ``max_lora_rank``."""
     kwargs: dict[str, Any] = {
         "model": model_path,
         "dtype": config.dtype,
@@ -68,12 +79,19 @@ def engine_kwargs(model_path: str, endpoint: Endpoint, config: EngineConfig) -> 
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     if not endpoint.is_generative:
         kwargs.update(runner="pooling", convert="embed")
+    if adapters:
+        rank = next((r for r in LORA_RANKS if r >= (max_lora_rank or 1)), LORA_RANKS[-1])
+        kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=min(adapters, MAX_LORAS_PER_STEP))
     return kwargs
 
 
-def serving_args(model_path: str, served_model_name: str, config: EngineConfig) -> Any:
+def serving_args(model_path: str, served_model_name: str, config: EngineConfig, adapters: Mapping[str, str] | None = None) -> Any:
     """The ``vllm serve`` command-line namespace for the OpenAI serving layer (vLLM's defaults
-    except the served name and the tool-call parser)."""
+    except the served name, the tool-call parser and the LoRA adapters served beside the model).
+
+    Adapters are vLLM's static LoRA modules: the serving layer loads each under its id at start
+    and answers a request whose ``model`` is that id with it (``OpenAIServingModels``).
+    """
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -82,6 +100,9 @@ def serving_args(model_path: str, served_model_name: str, config: EngineConfig) 
         # "auto" tool choice needs a parser that finds tool calls in free text; "required" and a
         # named function are enforced by a grammar and need none.
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
+    if adapters:
+        modules = [json.dumps({"name": n, "path": p, "base_model_name": served_model_name}) for n, p in adapters.items()]
+        argv += ["--lora-modules", *modules]
     return make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
 
 
@@ -245,6 +266,9 @@ class _InprocEngineClient:
     async def is_tracing_enabled(self) -> bool:
         return False
 
+    async def add_lora(self, lora_request: Any) -> bool:
+        return bool(self.engine.add_lora(lora_request))  # the serving layer loads each adapter once, at start
+
     async def abort(self, request_id: str | Sequence[str], internal: bool = False) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         self.engine.abort_request(ids, internal)
@@ -394,6 +418,8 @@ def _engine_thread(
     served_model_name: str,
     endpoint: Endpoint,
     config: EngineConfig,
+    adapters: Mapping[str, str],
+    max_lora_rank: int | None,
     box: dict[str, Any],
     ready: threading.Event,
 ) -> None:
@@ -402,10 +428,11 @@ def _engine_thread(
     try:
         from vllm import LLM
 
-        llm = LLM(**engine_kwargs(model_path, endpoint, config))
+        llm = LLM(**engine_kwargs(model_path, endpoint, config, adapters=len(adapters), max_lora_rank=max_lora_rank))
         client = _InprocEngineClient(llm)
         # The serving objects keep loop-bound state: they are built on the loop they serve on.
-        serving = loop.run_until_complete(build_serving(client, serving_args(model_path, served_model_name, config), config))
+        args = serving_args(model_path, served_model_name, config, adapters)
+        serving = loop.run_until_complete(build_serving(client, args, config))
     except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
         box["error"] = exc
         ready.set()
@@ -444,9 +471,11 @@ class VLLMEngine(BaseEngine):
     kind = "vllm"
     concurrent = True
 
-    def __init__(self, model_path: str, served_model_name: str, endpoint: Endpoint, config: EngineConfig) -> None:
+    def __init__(self, spec: EngineSpec) -> None:
+        served_model_name, endpoint, config = spec.served_model_name, spec.endpoint, spec.config
         prepare_environment(config)
         self.model_name = served_model_name
+        self.adapters = dict(spec.adapters)
         self.endpoint = endpoint
         self.config = config
         self.requests_served = 0
@@ -456,7 +485,7 @@ class VLLMEngine(BaseEngine):
         ready = threading.Event()
         self._thread = threading.Thread(
             target=_engine_thread,
-            args=(self.loop, model_path, served_model_name, endpoint, config, box, ready),
+            args=(self.loop, spec.model_path, served_model_name, endpoint, config, self.adapters, spec.max_lora_rank, box, ready),
             name="vllm-engine",
             daemon=True,
         )
@@ -484,6 +513,7 @@ class VLLMEngine(BaseEngine):
         return {
             "engine": self.kind,
             "model": self.model_name,
+            "adapters": sorted(self.adapters),
             "endpoint": self.endpoint.value,
             "startup_seconds": self.startup_seconds,
             "requests_served": self.requests_served,
@@ -493,9 +523,14 @@ class VLLMEngine(BaseEngine):
     # ------------------------------------------------------------------ internals
     # (run(), request isolation and error rows are BaseEngine's, shared with the transformers engine)
 
+    def _served_as(self, request: ValidRequest) -> str:
+        model = request.body.get("model")
+        return model if model in self.adapters else self.model_name
+
     def _run_many(self, requests: Sequence[ValidRequest], priority: int = 0) -> list[ResultRow]:
-        # The line's own `model` was checked at validation; the serving layer answers as the served model.
-        coros = [answer(self.serving, self.endpoint, {**r.body, "model": self.model_name}) for r in requests]
+        # The line's `model` was checked at validation: one of this engine's adapters picks it in vLLM's
+        # serving layer (OpenAIServingModels); anything else is answered as the served model.
+        coros = [answer(self.serving, self.endpoint, {**r.body, "model": self._served_as(r)}) for r in requests]
         future = asyncio.run_coroutine_threadsafe(self.client.answer_all(coros, priority), self.loop)
         results, cached = future.result()
         rows = []

@@ -3,6 +3,6 @@ own placement, SLA watch, escalation, shard resume and queue order (``nightshift
 
 from nightshift.fleet.report import FleetReport, run_scenario
 from nightshift.fleet.scenario import Scenario, ScenarioError, load_scenario
-from nightshift.fleet.sim import FleetRun, simulate
+from nightshift.fleet.sim import Fleet, FleetRun
 
-__all__ = ["FleetReport", "FleetRun", "Scenario", "ScenarioError", "load_scenario", "run_scenario", "simulate"]
+__all__ = ["Fleet", "FleetReport", "FleetRun", "Scenario", "ScenarioError", "load_scenario", "run_scenario"]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.sla import Tier
 from nightshift.fleet.scenario import Arrival, Mode, Scenario, ScenarioError, arrivals
-from nightshift.fleet.sim import FleetRun, measured_throughput, simulate
+from nightshift.fleet.sim import Fleet, FleetRun, measured_throughput
 from nightshift.settings import Settings
 
 #: Knobs ``--sweep`` may vary: name → (where it lives, what it is).
@@ -217,9 +217,8 @@ def run_scenario(
     measured = measured_throughput(scenario)
 
     def one(sc: Scenario, mode: Mode) -> FleetRun:
-        return simulate(
-            sc, sc.build_settings(base_settings), arrived, mode=mode, queue_priorities=queue_priorities, measured=measured
-        )
+        own = sc.build_settings(base_settings)
+        return Fleet(sc, own, arrived, mode=mode, queue_priorities=queue_priorities, measured=measured).run()
 
     runs = {"policy": one(scenario, "policy")}
     if baselines:

@@ -94,7 +94,10 @@ class ModelSpec(_Spec):
     )
     store: str | None = Field(
         default=None,
-        description="Artifact store URL whose pools/{pool}/throughput.json (recorded by finished batches) gives the speed.",
+        description="Artifact store URL whose throughput logs (per model and pool, kept by finished batches) give the speed.",
+    )
+    name: str | None = Field(
+        default=None, description="Catalogue model whose throughput is read from store (default: the catalogue's default)."
     )
 
     @model_validator(mode="after")

@@ -3,10 +3,10 @@
 Every decision is taken by the product's own code, imported and called:
 
 - placement: ``core.placement.choose_pool`` with ``settings.pools.safety_factor``, on pool states
-  built like ``api.submit`` builds them (throughput measured by finished batches through
+  built like ``orchestration.submit`` builds them (throughput measured by finished batches through
   ``PoolThroughput``, else the settings' guess);
 - the SLA watch of a spot run: ``core.progress.RateWindow`` and ``assess_progress`` published on
-  every finished shard and every ``progress_interval_seconds``, as flows/watch.py does, and the
+  every finished shard and every ``progress_interval_seconds``, as nightshift/orchestration/watch.py does, and the
   escalation rule ``core.progress.escalates_to_dedicated``;
 - resume from finished shards: ``core.sharding.shard_bounds`` with ``settings.storage.shard_size``
   (a reclaimed or cancelled run keeps the shards it finished, loses the one in flight);
@@ -118,7 +118,7 @@ class _Pool:
         return min(self.rps, self.tps * batch.requests / batch.tokens)
 
     def state(self, guess: float) -> PoolState:
-        """What placement sees of this pool now (as ``api.submit`` reads it from Prefect)."""
+        """What placement sees of this pool now (as ``orchestration.submit`` reads it from Prefect)."""
         alive = [g for g in self.gpus if g.alive]
         return PoolState(
             name=self.name,
@@ -153,9 +153,10 @@ def measured_throughput(scenario: Scenario) -> dict[Kind, PoolThroughput]:
     from nightshift.storage.pools import read_throughput
 
     store = ArtifactStore.from_config(StorageConfig(root=scenario.model.store))
+    model = scenario.model.name or Settings().catalogue().default
     return {
-        "spot": read_throughput(store, scenario.pools.spot.name),
-        "dedicated": read_throughput(store, scenario.pools.dedicated.name),
+        "spot": read_throughput(store, scenario.pools.spot.name, model),
+        "dedicated": read_throughput(store, scenario.pools.dedicated.name, model),
     }
 
 
@@ -404,7 +405,7 @@ class Fleet:
     ) -> float | None:
         """When the run's SLA watch first raises a verdict that escalates it, or None.
 
-        Replays flows/watch.py on the run's own timeline: a publication at start, on every written
+        Replays nightshift/orchestration/watch.py on the run's own timeline: a publication at start, on every written
         shard, and ``progress_interval_seconds`` after the last one while a shard is in flight.
         Pure, so it can be replayed ahead of the clock: a reclaim that ends the run earlier
         discards the rest.
@@ -484,16 +485,3 @@ class Fleet:
             gpu.idle = True
             pool.idle.append(gpu)
             self._dispatch(pool)
-
-
-def simulate(
-    scenario: Scenario,
-    settings: Settings,
-    arrivals: list[Arrival],
-    *,
-    mode: Mode = "policy",
-    queue_priorities: dict[str, dict[str, int]] | None = None,
-    measured: dict[Kind, PoolThroughput] | None = None,
-) -> FleetRun:
-    """Run one simulation of ``scenario`` under ``mode`` ("policy", "all-dedicated" or "all-spot")."""
-    return Fleet(scenario, settings, arrivals, mode=mode, queue_priorities=queue_priorities, measured=measured).run()

@@ -24,6 +24,7 @@ class BatchSummary(BaseModel):
     eta_seconds: float | None
     risk: str | None
     usage: dict[str, int] | None
+    cost_usd: float | None = None  # the manifest's cost (core.cost); None while running or when not recorded
     updated_at: datetime
 
 
@@ -51,6 +52,7 @@ def batch_summaries(store: ArtifactStore, limit: int = 20) -> list[BatchSummary]
                     eta_seconds=0.0,
                     risk=p.risk if p else None,
                     usage=m.usage.model_dump(),
+                    cost_usd=m.cost.usd if m.cost else None,
                     updated_at=m.completed_at,
                 )  # fmt: skip
             )

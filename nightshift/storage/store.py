@@ -21,7 +21,9 @@ Layout (``root`` is a folder, ``file://...``, ``memory://...`` or ``s3://bucket/
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,9 +268,16 @@ class ArtifactStore:
         """Folder of the request cache."""
         return f"{self.root}/cache"
 
-    def pool_throughput(self, pool: str) -> str:
-        """A pool's measured-throughput log."""
-        return f"{self.root}/pools/{pool}/throughput.json"
+    def pool_throughput(self, pool: str, model: str) -> str:
+        """The measured-throughput log of ``model`` on ``pool`` (``pools/<pool>/models/<model>/throughput.json``).
+
+        Model ids may hold ``/`` and ``:``: such a name is made path-safe and given a short hash of
+        the exact id, so two models never share a log.
+        """
+        segment = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") or "model"
+        if segment != model:
+            segment = f"{segment[:64]}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+        return f"{self.root}/pools/{pool}/models/{segment}/throughput.json"
 
     def scoring(self, job_name: str) -> str:
         """Folder of a scoring job's versions."""

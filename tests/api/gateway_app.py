@@ -16,9 +16,10 @@ import httpx
 from nightshift.api import db
 from nightshift.api.app import create_app
 from nightshift.api.auth import create_api_key
-from nightshift.api.submit import Submission
 from nightshift.api.tracker import RunState
-from nightshift.core.placement import Placement
+from nightshift.core.estimate import BatchEstimate
+from nightshift.core.placement import Placement, PoolState
+from nightshift.orchestration.submit import Submission
 from nightshift.settings import ApiConfig, LimitsConfig, Settings, StorageConfig
 
 JWT_SECRET = "in-process-test-secret-0123456789abcdef"
@@ -26,12 +27,18 @@ JWT_SECRET = "in-process-test-secret-0123456789abcdef"
 
 @dataclass
 class ScriptedOrchestrator:
-    """Records submits and cancels; ``fail`` makes submit raise; ``states`` answers run_state."""
+    """Records submits and cancels; ``fail`` makes submit raise; ``states`` answers run_state;
+    ``pools`` answers pool_states (both online with free slots unless a test scripts them)."""
 
     fail: BaseException | None = None
     submits: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     states: dict[str, RunState] = field(default_factory=dict)
+    estimate: BatchEstimate | None = None  # the forecast submit answers with
+    pools: tuple[PoolState, PoolState] = (
+        PoolState(name="gpu-spot", kind="spot", online_workers=1, requests_per_second=5.0),
+        PoolState(name="gpu-dedicated", kind="dedicated", online_workers=1, requests_per_second=5.0),
+    )
 
     def submit(self, source_uri: str, **params: Any) -> Submission:
         if self.fail is not None:
@@ -47,6 +54,7 @@ class ScriptedOrchestrator:
             requests=1,
             deadline=params["deadline"],
             placement=placement,
+            estimate=self.estimate,
         )
 
     def run_state(self, flow_run_id: str) -> RunState:
@@ -54,6 +62,11 @@ class ScriptedOrchestrator:
 
     def cancel(self, flow_run_id: str) -> None:
         self.cancels.append(flow_run_id)
+
+    def pool_states(self, settings: Settings) -> tuple[PoolState, PoolState]:
+        if self.fail is not None:
+            raise self.fail
+        return self.pools
 
 
 @dataclass

@@ -127,7 +127,7 @@ def test_migrations_create_every_table_match_the_models_and_rerun_as_no_op(datab
         await db.migrate()  # second run: nothing to do, data kept
         async with db.engine.connect() as conn:
             versions = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all()
-            assert versions == ["0002"]
+            assert versions == ["0003"]
             assert (await conn.exec_driver_sql("SELECT count(*) FROM orgs")).scalar_one() == 1
             if db.is_sqlite:
                 assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar_one() == "wal"

@@ -112,12 +112,15 @@ def _responses_lines() -> bytes:
 
 
 def test_a_responses_batch_through_the_gateway_parses_as_openai_responses(tmp_path, tiny_model: Path):
+    from nightshift.engine.base import EngineSpec
     from nightshift.engine.tokens import build_token_counter
     from nightshift.engine.vllm_engine import VLLMEngine
     from nightshift.settings import EngineConfig
 
     config = EngineConfig(max_model_len=512, default_max_tokens=8)
-    engine = VLLMEngine(str(tiny_model), SERVED, Endpoint.RESPONSES, config)
+    engine = VLLMEngine(
+        EngineSpec(model_path=str(tiny_model), served_model_name=SERVED, endpoint=Endpoint.RESPONSES, config=config)
+    )
 
     async def body(gw: Gateway) -> None:
         client = _client(gw)

@@ -29,8 +29,8 @@ def runs(prefect_api: str):
 def test_a_crashed_run_is_followed_to_the_run_resuming_it_and_the_gateway_sees_the_last(runs):
     from prefect.states import Cancelled, Completed, Crashed, Running
 
-    from nightshift.api.submit import find_successor
     from nightshift.api.tracker import PrefectOrchestrator
+    from nightshift.orchestration.submit import find_successor
 
     client, make = runs
     spot = make(Crashed())

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from nightshift.api.tracker import BatchState, RunState, observe
 from nightshift.core.lifecycle import BatchEvent as E
+from nightshift.core.progress import Progress, assess_progress
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 
@@ -19,11 +20,19 @@ def _batch(status="validating", **kw):
     return SimpleNamespace(**{**fields, **kw})
 
 
+def _progress(completed: int) -> Progress:
+    return assess_progress(
+        batch_id="batch_1", version="v1", tier="basic", pool="gpu-spot", total=4, completed=completed, failed=1,
+        now=NOW, deadline=NOW + timedelta(hours=1), requests_per_second=1.0,
+    )  # fmt: skip
+
+
 def test_observe_progress_and_finalizing():
-    state = BatchState(progress={"total": 4, "completed": 2, "failed": 1, "version": "v1"}, run=RunState("run-1", "Running"))
+    state = BatchState(progress=_progress(2), run=RunState("run-1", "Running"))
     seen = observe(_batch(), state, NOW)
     assert seen.event is E.RUNNING and seen.progress["request_counts"] == {"total": 4, "completed": 2, "failed": 1}
-    state.progress["completed"] = 3
+    assert seen.progress["version"] == "v1"
+    state.progress = _progress(3)
     assert observe(_batch("in_progress"), state, NOW).event is E.FINALIZING
 
 

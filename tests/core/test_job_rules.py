@@ -1,4 +1,4 @@
-"""The job API's rules, on plain values: URLs, tiers, inline rendering, priority, cost."""
+"""The job API's rules, on plain values: URLs, tiers, inline rendering, priority, latency (cost: test_cost_estimate.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from pydantic import ValidationError
 from nightshift.core.errors import JobRequestError, TierExceededError
 from nightshift.core.jobs import (
     JobCreate,
-    Prices,
     Priority,
     check_input_url,
     effective_tier,
-    job_cost,
     mean_request_latency,
     open_input_file,
     render_inline,
@@ -154,12 +152,7 @@ def test_inline_limits_and_duplicate_ids():
     assert exc.value.field == "input[1].custom_id"
 
 
-def test_cost_and_latency():
-    prices = Prices(input_per_million=1.0, output_per_million=4.0, spot_discount=0.5)
-    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 500_000}
-    assert job_cost(usage, pool_kind="dedicated", prices=prices) == 3.0
-    assert job_cost(usage, pool_kind="spot", prices=prices) == 1.5
-    assert job_cost(None, pool_kind=None, prices=prices) == 0.0
+def test_mean_request_latency():
     shards = [{"seconds": 2.0, "num_requests": 10}, {"seconds": 4.0, "num_requests": 30}, {"seconds": None, "num_requests": 5}]
     assert mean_request_latency(shards) == pytest.approx((2 * 10 + 4 * 30) / 40)
     assert mean_request_latency([{"seconds": None, "num_requests": 3}]) is None

@@ -191,3 +191,25 @@ def test_error_rows_count_by_code_most_frequent_first_with_an_example():
 
 def test_no_errors_read_as_none_not_as_an_empty_table():
     assert error_rows([]) == [{"error_code": "none", "count": 0, "first_line": None, "example": ""}]
+
+
+def test_summary_shows_the_estimate_beside_the_actual_cost():
+    from nightshift.core.catalogue import EngineHourPrices
+    from nightshift.core.cost import engine_cost
+    from nightshift.core.estimate import count_lines, estimate_batch, throughput_basis
+    from nightshift.core.placement import Placement, PoolThroughput
+    from tests.core.test_cost_estimate import CATALOGUE, _line
+
+    count = count_lines([_line({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})] * 50, default_max_tokens=1,
+                        max_model_len=64)  # fmt: skip
+    basis = throughput_basis(PoolThroughput(pool="gpu-spot"), model="small", default_rps=5.0, default_setting="pools.x")
+    placement = Placement(pool="gpu-spot", kind="spot", reason="slack", estimated_seconds=10, remaining_seconds=3600)
+    estimate = estimate_batch(count, model="small", catalogue=CATALOGUE, placement=placement, basis=basis, replicas=1, made_at=T0)
+    cost = engine_cost(engine_seconds=12.0, model="small", pool="spot", prices=EngineHourPrices(spot=0.10, dedicated=0.40))
+    md = summary_markdown(_manifest(estimate=estimate, cost=cost), _sla(), manifest_uri="m.json", pool="gpu-spot")
+    assert f"**Cost** ${12 / 3600 * 0.10:.6f} on spot capacity" in md and f"spot saving ${12 / 3600 * 0.30:.6f}" in md
+    assert "| estimate (default) | 50 | ~" in md and "| ≤400 | 10 s | 0.0028 | spot |" in md
+    assert "| actual | 50 | 600 | 376 | 12 s | 0.0033 | spot |" in md
+    assert "Estimate basis: no history of small on gpu-spot: default pools.x = 5 req/s" in md
+    before_costs = summary_markdown(_manifest(), _sla(), manifest_uri="m.json", pool=None)
+    assert "Cost" not in before_costs and "estimate" not in before_costs  # a version recorded before costs shows none

@@ -212,3 +212,141 @@ def test_responses_prompt_length_counts_the_rendered_conversation():
     (err,) = result.errors
     assert (err.code, err.param) == ("context_length_exceeded", "body.input")
     assert "plus 100 completion tokens" in err.message
+
+
+def _catalogue():
+    from nightshift.core.catalogue import Catalogue
+
+    return Catalogue.model_validate(
+        {
+            "default": "tiny",
+            "models": {
+                "tiny": {"source": "/srv/m", "adapters": {"tiny-sql": {"source": "/srv/l"}}},
+                "other": {"source": "/srv/o"},
+            },
+        }
+    )
+
+
+def test_a_batch_runs_the_model_its_first_line_names_and_refuses_others_per_line():
+    def line(i, model):
+        obj = chat_line(i)
+        if model is None:
+            obj["body"].pop("model")
+        else:
+            obj["body"]["model"] = model
+        return obj
+
+    lines = _lines(line(0, "gpt-4o"), line(1, "tiny-sql"), line(2, None), line(3, "tiny"), line(4, "tiny-sql"))
+    result = validate_lines(lines, catalogue=_catalogue())
+    assert [r.custom_id for r in result.valid] == ["req-001", "req-002", "req-004"]
+    # A line naming no model runs on the batch's (the engine answers as the id in its body).
+    assert {r.body["model"] for r in result.valid} == {"tiny-sql"}
+    unknown, mixed = result.errors
+    assert (unknown.line, unknown.code, unknown.param) == (1, "model_not_found", "model")
+    assert "GET /v1/models" in unknown.message and "/srv" not in unknown.message  # ids only, never a source
+    assert (mixed.line, mixed.code) == (4, "model_mismatch") and "one model" in mixed.message
+
+
+def test_the_batch_model_is_the_first_known_id_and_the_default_without_one():
+    from nightshift.core.validation import batch_model
+
+    catalogue = _catalogue()
+    assert batch_model(_lines("not json", chat_line(0, model="nope"), chat_line(1, model="other")), catalogue) == "other"
+    assert batch_model(_lines(chat_line(0, model="nope")), catalogue) is None
+    result = validate_lines(
+        _lines(chat_line(0, model="nope"), {**chat_line(1), "body": {"messages": [{"role": "user", "content": "hi"}]}}),
+        catalogue=catalogue,
+    )
+    assert [r.body["model"] for r in result.valid] == ["tiny"]  # the default
+
+
+def _windowed(lines, *, window, endpoint=None, catalogue=None, **kwargs):
+    """``validate_windows`` after ``survey_lines``, its windows joined into one result."""
+    from nightshift.core.validation import ValidationResult, survey_lines, validate_windows
+
+    survey = survey_lines(iter(lines), uri="x", max_lines=len(lines), endpoint=endpoint, catalogue=catalogue)
+    joined = ValidationResult(endpoint=survey.endpoint)
+    for result in validate_windows(iter(lines), survey=survey, window=window, catalogue=catalogue, **kwargs):
+        assert result.total_lines <= window and result.endpoint is survey.endpoint
+        assert [e.line for e in result.errors] == sorted(e.line for e in result.errors)
+        joined.valid += result.valid
+        joined.errors += result.errors
+        joined.total_lines += result.total_lines
+    return joined
+
+
+def _mixed():
+    """Bad lines before the first good one, duplicates near and far, another endpoint, models."""
+    not_post = {**chat_line(9), "custom_id": "req-000", "method": "GET"}  # its id, once valid, is a duplicate
+    completion = {"custom_id": "c1", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny", "prompt": "x"}}
+    numbered = {**chat_line(8), "custom_id": 17}
+    return _lines(
+        "not json",
+        not_post,
+        BAD_LINES["unknown_url"],
+        chat_line(0),  # a duplicate of line 2's id: not the line the endpoint comes from
+        completion,  # the first well-formed line: the batch endpoint is /v1/completions
+        chat_line(1),
+        {**completion, "custom_id": "c2"},
+        {**completion, "custom_id": "c1"},  # duplicate of line 5, in the next window for small windows
+        numbered,
+        chat_line(2, model="other"),
+        {**completion, "custom_id": "c3", "body": {"prompt": "y"}},
+        {**completion, "custom_id": "c2"},  # duplicate of line 7, far away
+        BAD_LINES["invalid_json"],
+        {**completion, "custom_id": "c4"},
+    )
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 100])
+def test_validation_in_windows_says_what_the_whole_file_validated_at_once_says(window):
+    lines = _mixed()
+    whole = validate_lines(lines, served_model="tiny")
+    assert whole.endpoint is Endpoint.COMPLETIONS
+    assert [e.line for e in whole.errors if e.code == "duplicate_custom_id"] == [4, 8, 12]
+    windowed = _windowed(lines, window=window, served_model="tiny")
+    assert windowed.endpoint is whole.endpoint
+    assert windowed.valid == whole.valid and [r.line for r in windowed.valid] == [5, 7, 11, 14]
+    assert [vars(e) for e in windowed.errors] == [vars(e) for e in whole.errors]
+    assert windowed.counts == whole.counts == {"total": 14, "valid": 4, "invalid": 10}
+
+
+def test_a_duplicate_custom_id_in_a_later_window_is_an_error_the_first_stays_valid():
+    lines = _lines(chat_line(0), chat_line(1), chat_line(2), chat_line(0), chat_line(1))
+    result = _windowed(lines, window=2)
+    assert [r.line for r in result.valid] == [1, 2, 3]
+    assert [(e.line, e.code, e.custom_id) for e in result.errors] == [
+        (4, "duplicate_custom_id", "req-000"),
+        (5, "duplicate_custom_id", "req-001"),
+    ]
+    assert result.errors[0].message == validate_lines(lines).errors[0].message
+
+
+def test_the_survey_takes_the_model_from_the_first_line_naming_a_catalogue_id():
+    unnamed = chat_line(1)
+    unnamed["body"].pop("model")
+    lines = _lines(chat_line(0, model="nope"), unnamed, chat_line(2, model="tiny-sql"), chat_line(3, model="other"))
+    whole = validate_lines(lines, catalogue=_catalogue())
+    windowed = _windowed(lines, window=1, catalogue=_catalogue())
+    assert {r.body["model"] for r in windowed.valid} == {"tiny-sql"}
+    assert windowed.valid == whole.valid and [vars(e) for e in windowed.errors] == [vars(e) for e in whole.errors]
+
+
+def test_the_survey_enforces_the_file_limits_as_it_reads():
+    from nightshift.core.validation import survey_lines
+
+    def lines(n):
+        for i in range(n):
+            if i == 3:
+                raise AssertionError("read past the limit")
+            yield i + 1, "{}"
+
+    with pytest.raises(BatchFileError, match="more than 2 request lines") as info:
+        survey_lines(lines(10), uri="x.jsonl", max_lines=2)
+    assert info.value.line == 3
+    with pytest.raises(BatchFileError, match="empty"):
+        survey_lines(iter([]), uri="x.jsonl", max_lines=2)
+    with pytest.raises(BatchFileError, match="not a JSONL file") as info:
+        survey_lines(iter([(2, "id,prompt"), (3, "1,hello")]), uri="data.csv", max_lines=10)
+    assert info.value.line == 2 and "invalid JSON" in str(info.value)

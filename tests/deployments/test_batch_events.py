@@ -9,8 +9,8 @@ import uuid
 
 
 def test_batch_events_arrive_from_prefects_event_stream(prefect_api):
-    from flows.watch import BatchEvents
     from nightshift.api.tracker import prefect_batch_events
+    from nightshift.orchestration.watch import BatchEvents
 
     batch_id = f"batch_{uuid.uuid4().hex[:24]}"
 

@@ -87,8 +87,13 @@ def test_loose_deadline_runs_on_spot_and_tight_on_dedicated(stack, settings, tmp
     assert loose.placement.kind == "spot" and "slack covers" in loose.placement.reason
 
     # Tight: an enterprise batch submitted so long ago that half of spot's padded estimate is left.
+    from nightshift.orchestration.estimate import measured_basis
+    from nightshift.storage import ArtifactStore
+
     spot, _ = read_pool_states(settings)
-    padded = 12 / spot.requests_per_second * settings.pools.safety_factor
+    model = loose.estimate.cost.model  # placement uses this model's own measured throughput on spot
+    rps = measured_basis(ArtifactStore(str(stack["store"])), spot, model, settings).requests_per_second
+    padded = 12 / rps * settings.pools.safety_factor
     submitted = datetime.now(UTC) - timedelta(hours=6) + timedelta(seconds=padded / 2)
     tight = submit_batch(str(tight_file), tier="enterprise", settings=settings, submitted_at=submitted, use_cache=False)
     assert tight.placement.kind == "dedicated" and "too tight" in tight.placement.reason
@@ -101,11 +106,11 @@ def test_loose_deadline_runs_on_spot_and_tight_on_dedicated(stack, settings, tmp
     manifest = _published(stack["store"], loose.batch_id)
     assert manifest["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
     _ids_once(manifest["output_file"]["path"], manifest["error_file"]["path"], {f"req-{i:03d}" for i in range(12)} | {"bad-body"})
-    # the spot run measured its throughput for the next placement
-    from nightshift.storage import ArtifactStore
+    # the spot run measured its model's throughput for the next placement, and priced its engine time on spot
     from nightshift.storage.pools import read_throughput
 
-    assert read_throughput(ArtifactStore(str(stack["store"])), "gpu-spot").requests_per_second() > 0
+    assert manifest["cost"]["pool"] == "spot" and manifest["cost"]["model"] == model
+    assert read_throughput(ArtifactStore(str(stack["store"])), "gpu-spot", model).requests_per_second() > 0
 
 
 def _infrastructure_pid(flow_run_id: str, timeout: float = 120) -> int:
@@ -161,7 +166,7 @@ def test_killed_spot_run_resumes_on_dedicated_without_recomputing_finished_shard
     # Shards finished before the kill were reused as they were, not computed again:
     for path, (mtime, data) in finished.items():
         assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, data)
-    dedicated = read_throughput(ArtifactStore(str(stack["store"])), "gpu-dedicated").samples[-1]
+    dedicated = read_throughput(ArtifactStore(str(stack["store"])), "gpu-dedicated", manifest["cost"]["model"]).samples[-1]
     assert dedicated.requests <= 58 - 5 * len(finished)  # counted by the dedicated run
     # At the adapter: every request ran once, plus at most the shards in flight at the kill
     # (up to two are queued at the actor and may be answered for the dead run as well).

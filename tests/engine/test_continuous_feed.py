@@ -15,11 +15,13 @@ SCRIPT = r"""
 import json, random, sys, threading, time
 from nightshift.core.protocol import Endpoint, ValidRequest
 from nightshift.core.sharding import prefix_order
+from nightshift.engine.base import EngineSpec
 from nightshift.engine.vllm_engine import VLLMEngine
 from nightshift.settings import EngineConfig
 
 model = sys.argv[1]
-engine = VLLMEngine(model, "tiny", Endpoint.CHAT_COMPLETIONS, EngineConfig(max_model_len=512, max_num_seqs=8))
+config = EngineConfig(max_model_len=512, max_num_seqs=8)
+engine = VLLMEngine(EngineSpec(model_path=model, served_model_name="tiny", endpoint=Endpoint.CHAT_COMPLETIONS, config=config))
 
 
 def chat(line, content, max_tokens):

@@ -81,12 +81,13 @@ EMBEDDINGS = _requests(
 VLLM_ROWS = """
 import json, sys
 from nightshift.core.protocol import Endpoint, ValidRequest
+from nightshift.engine.base import EngineSpec
 from nightshift.engine.vllm_engine import VLLMEngine
 from nightshift.settings import EngineConfig
 model, config, batches = sys.argv[1], EngineConfig.model_validate_json(sys.argv[2]), json.load(open(sys.argv[3]))
 out = {}
 for endpoint, lines in batches.items():
-    engine = VLLMEngine(model, "tiny", Endpoint(endpoint), config)
+    engine = VLLMEngine(EngineSpec(model_path=model, served_model_name="tiny", endpoint=Endpoint(endpoint), config=config))
     rows = engine.run([ValidRequest.model_validate(r) for r in lines])
     out[endpoint] = [r.model_dump(mode="json") for r in rows]
     del engine
@@ -114,9 +115,12 @@ _BATCHES = {Endpoint.CHAT_COMPLETIONS: CHAT, Endpoint.COMPLETIONS: COMPLETIONS, 
 
 
 def _hf_rows(tiny_model: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
+    from nightshift.engine.base import EngineSpec
     from nightshift.engine.hf_engine import TransformersEngine
 
-    engine = TransformersEngine(str(tiny_model), "tiny", endpoint, CONFIG)
+    engine = TransformersEngine(
+        EngineSpec(model_path=str(tiny_model), served_model_name="tiny", endpoint=endpoint, config=CONFIG)
+    )
     assert engine.info()["engine"] == "transformers" and engine.info()["fallback_reason"] is None
     rows = engine.run(_BATCHES[endpoint])
     assert engine.info()["requests_served"] == len(_BATCHES[endpoint])
@@ -181,9 +185,12 @@ def test_embeddings_equal_vllm_to_float_precision(tiny_model, vllm_rows):
 
 
 def test_seeded_sampling_is_reproducible_and_gives_n_choices(tiny_model):
+    from nightshift.engine.base import EngineSpec
     from nightshift.engine.hf_engine import TransformersEngine
 
-    engine = TransformersEngine(str(tiny_model), "tiny", Endpoint.CHAT_COMPLETIONS, CONFIG)
+    engine = TransformersEngine(
+        EngineSpec(model_path=str(tiny_model), served_model_name="tiny", endpoint=Endpoint.CHAT_COMPLETIONS, config=CONFIG)
+    )
     req = _requests([_chat("s", "Hello", temperature=0.9, seed=7, n=3, max_tokens=6, presence_penalty=0.5)])
     first, again = engine.run(req)[0], engine.run(req)[0]
     texts = [c["message"]["content"] for c in first.body["choices"]]
@@ -193,9 +200,16 @@ def test_seeded_sampling_is_reproducible_and_gives_n_choices(tiny_model):
 
 
 def test_auto_falls_back_to_transformers_when_vllm_cannot_run_the_model(head_dim_16_model):
-    from nightshift.engine.base import build_engine
+    from nightshift.engine.base import EngineSpec, build_engine
 
-    engine = build_engine(str(head_dim_16_model), "tiny", Endpoint.CHAT_COMPLETIONS, CONFIG.model_copy(update={"kind": "auto"}))
+    engine = build_engine(
+        EngineSpec(
+            model_path=str(head_dim_16_model),
+            served_model_name="tiny",
+            endpoint=Endpoint.CHAT_COMPLETIONS,
+            config=CONFIG.model_copy(update={"kind": "auto"}),
+        )
+    )
     info = engine.info()
     assert info["engine"] == "transformers"
     assert "head_dim=16" in info["fallback_reason"]  # vLLM's own words, from the probe request
@@ -205,6 +219,7 @@ def test_auto_falls_back_to_transformers_when_vllm_cannot_run_the_model(head_dim
 
 
 def test_embeddings_the_engine_cannot_match_are_error_rows_with_their_own_code(tiny_model, tmp_path):
+    from nightshift.engine.base import EngineSpec
     from nightshift.engine.hf_engine import TransformersEngine
 
     path = tmp_path / "st-model"
@@ -212,7 +227,9 @@ def test_embeddings_the_engine_cannot_match_are_error_rows_with_their_own_code(t
     (path / "modules.json").write_text(
         json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}])
     )
-    engine = TransformersEngine(str(path), "tiny", Endpoint.EMBEDDINGS, CONFIG)
+    engine = TransformersEngine(
+        EngineSpec(model_path=str(path), served_model_name="tiny", endpoint=Endpoint.EMBEDDINGS, config=CONFIG)
+    )
     rows = engine.run(EMBEDDINGS)
     assert [(r.custom_id, r.error.code, r.error.line) for r in rows] == [
         ("one", "engine_unsupported", 1),

@@ -75,12 +75,23 @@ def test_mixed_batch_gives_47_outputs_and_3_errors(tmp_path, engine_env):
     summary = arts["batch-mixed-summary"].data
     assert result.version in summary and "| 50 | 47 | 3 |" in summary and "**Tier** `premium`" in summary
     assert "**SLA met**" in summary and result.manifest_uri in summary and result.output_uri in summary
-    # Called directly (no pool): priced at the dedicated list price; a local store's links are file URLs.
+    # Estimate and actual side by side, by one cost rule. Called directly (no pool): estimated on the
+    # default throughput and priced at the model's dedicated engine-hour price.
     from nightshift.settings import Settings
 
-    usage, api = result.usage, Settings().api
-    cost = (usage.prompt_tokens * api.price_input_per_million + usage.completion_tokens * api.price_output_per_million) / 1e6
-    assert f"**Cost** ${cost:.6f} on dedicated capacity." in summary
+    settings = Settings()
+    est, cost = manifest["estimate"], manifest["cost"]
+    assert est["requests"] == 50 and est["placement"]["kind"] == "dedicated" and est["confidence"] == "default"
+    assert est["prompt_tokens"] > 0 and est["completion_tokens"] >= manifest["usage"]["completion_tokens"]  # an upper bound
+    assert est["eta_seconds"] == pytest.approx(50 / settings.pools.dedicated_requests_per_second)
+    busy = manifest["timings"]["infer_s"] - manifest["timings"]["engine_wait_s"]  # the engine's busy time
+    assert cost["pool"] == "dedicated" and cost["engine_seconds"] == pytest.approx(busy * settings.engine.replicas)
+    price = settings.catalogue().price(cost["model"], "dedicated")
+    assert cost["usd"] == pytest.approx(cost["engine_seconds"] / 3600 * price) and cost["usd"] > 0
+    assert est["cost"]["usd"] == pytest.approx(est["engine_hours"] * price)
+    assert f"**Cost** ${cost['usd']:.6f} on dedicated capacity" in summary
+    assert "| estimate (default) | 50 |" in summary and "| actual | 50 |" in summary
+    # a local store's links are file URLs
     assert f"[download](file://{result.output_uri.removeprefix('file://')})" in summary
     first = json.loads(arts["batch-mixed-outputs"].data)
     assert [r["custom_id"] for r in first] == [o["custom_id"] for o in out[:10]]

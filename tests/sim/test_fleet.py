@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nightshift.fleet import ScenarioError, load_scenario, run_scenario, simulate
+from nightshift.fleet import Fleet, ScenarioError, load_scenario, run_scenario
 from nightshift.fleet.report import summarize
 from nightshift.fleet.scenario import arrivals
 from nightshift.settings import PoolsConfig, Settings
@@ -120,9 +120,9 @@ def test_the_safety_factor_setting_changes_the_simulated_placement(tmp_path):
     sc = load_scenario(_scenario(tmp_path, trace))
     arrived = arrivals(sc)
 
-    default = simulate(sc, sc.build_settings(Settings()), arrived).batches[0]
+    default = Fleet(sc, sc.build_settings(Settings()), arrived).run().batches[0]
     cautious_settings = sc.build_settings(Settings(pools=PoolsConfig(safety_factor=2.5)))
-    cautious = simulate(sc, cautious_settings, arrived).batches[0]
+    cautious = Fleet(sc, cautious_settings, arrived).run().batches[0]
 
     assert default.placement.kind == "spot" and "x 1.5 safety" in default.placement.reason
     assert cautious.placement.kind == "dedicated"
@@ -140,7 +140,7 @@ def test_the_sla_watch_escalates_a_spot_run_whose_measured_rate_says_it_will_be_
     doc["pools"]["spot"]["requests_per_second"] = 0.4
     path.write_text(yaml.safe_dump(doc))
     sc = load_scenario(path)
-    batch = simulate(sc, sc.build_settings(Settings()), arrivals(sc)).batches[0]
+    batch = Fleet(sc, sc.build_settings(Settings()), arrivals(sc)).run().batches[0]
 
     assert batch.escalated and [r.outcome for r in batch.runs] == ["escalated", "finished"]
     spot_run, dedicated_run = batch.runs
@@ -149,7 +149,7 @@ def test_the_sla_watch_escalates_a_spot_run_whose_measured_rate_says_it_will_be_
     # With the margin raised past the whole lateness, the same run stays on spot and is late.
     relaxed = sc.build_settings(Settings()).model_copy(deep=True)
     relaxed.sla.at_risk_margin_seconds = 86_400
-    late = simulate(sc, relaxed, arrivals(sc)).batches[0]
+    late = Fleet(sc, relaxed, arrivals(sc)).run().batches[0]
     assert not late.escalated and not late.report.met
 
 
@@ -167,10 +167,10 @@ def test_waiting_runs_start_by_queue_priority_then_fifo(tmp_path):
     sc = load_scenario(path)
     queues = {"dedicated": {"high": 1, "normal": 2, "low": 3}}
 
-    run = simulate(sc, sc.build_settings(Settings()), arrivals(sc), queue_priorities=queues)
+    run = Fleet(sc, sc.build_settings(Settings()), arrivals(sc), queue_priorities=queues).run()
     order = [b.arrival.name for b in sorted(run.batches, key=lambda b: b.runs[0].started)]
     assert order == ["first", "high", "normal", "low"]
-    fifo = simulate(sc, sc.build_settings(Settings()), arrivals(sc))
+    fifo = Fleet(sc, sc.build_settings(Settings()), arrivals(sc)).run()
     assert [b.arrival.name for b in sorted(fifo.batches, key=lambda b: b.runs[0].started)] == ["first", "low", "normal", "high"]
     dedicated = summarize(run, sc).pools["dedicated"]
     assert dedicated.queue_depth_max == 3 and dedicated.queue_depth_hourly_max == [3]
@@ -221,13 +221,15 @@ def test_model_speed_from_the_throughput_the_product_measured_and_a_csv_trace(tm
 
     store = ArtifactStore.from_config(StorageConfig(root=str(tmp_path / "store")))
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    record_throughput(store, "gpu-spot", ThroughputSample(at=at, requests=400, seconds=200))  # 2 req/s
-    record_throughput(store, "gpu-dedicated", ThroughputSample(at=at, requests=400, seconds=100))  # 4 req/s
+    record_throughput(store, "gpu-spot", "m", ThroughputSample(at=at, requests=400, seconds=200))  # 2 req/s
+    record_throughput(store, "gpu-dedicated", "m", ThroughputSample(at=at, requests=400, seconds=100))  # 4 req/s
+    record_throughput(store, "gpu-spot", "other", ThroughputSample(at=at, requests=10, seconds=100))  # another model's speed
     (tmp_path / "trace.csv").write_text("submitted_at,tier,requests,tokens\n2026-01-05T00:00:10Z,free,200,0\n")
-    path = _scenario(tmp_path, model={"store": str(tmp_path / "store"), "startup_seconds": 0}, arrivals={"trace": "trace.csv"})
+    model = {"store": str(tmp_path / "store"), "name": "m", "startup_seconds": 0}
+    path = _scenario(tmp_path, model=model, arrivals={"trace": "trace.csv"})
     sc = load_scenario(path)
 
-    (batch,) = simulate(sc, sc.build_settings(Settings()), arrivals(sc)).batches
+    (batch,) = Fleet(sc, sc.build_settings(Settings()), arrivals(sc)).run().batches
     # Placed with the measured 2 req/s (not the settings' guess) and run at it: 100 s.
     assert batch.placement.kind == "spot" and batch.placement.estimated_seconds == 100
     assert [(r.started, r.ended) for r in batch.runs] == [(10, 110)]

@@ -90,5 +90,5 @@ def test_log_lines_are_json_with_the_batch_id(mixed_run):
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert all(r["batch_id"] == "telemetry-mixed" and r["flow_run_id"] == result.flow_run_id for r in records)
-    shards = {r["shard"] for r in records if r["logger"] == "flows.watch" and "shard" in r}
+    shards = {r["shard"] for r in records if r["logger"] == "nightshift.orchestration.watch" and "shard" in r}
     assert shards == {s["name"] for s in manifest["shards"]}

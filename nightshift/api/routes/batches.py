@@ -3,6 +3,7 @@ its status then moves only through the lifecycle service."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,11 +14,13 @@ from nightshift.api.auth import Principal
 from nightshift.api.deps import Caller, Gateway, Gw, json_body
 from nightshift.api.errors import ApiError
 from nightshift.api.objects import batch_object, page
-from nightshift.api.schemas import BatchCreate, BatchObject, ListPage
+from nightshift.api.schemas import BatchCreate, BatchEstimateObject, BatchObject, ListPage
 from nightshift.api.urls import checked_webhook
+from nightshift.core.errors import BatchFileError
 from nightshift.core.lifecycle import BatchStatus, metadata_problem
 from nightshift.core.protocol import Endpoint
 from nightshift.core.retention import ExpiresAfter
+from nightshift.orchestration.estimate import count_input, estimate_input
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -75,9 +78,8 @@ async def key_webhook(gw: Gateway, who: Principal) -> str | None:
     return key.default_webhook_url if key else None
 
 
-@router.post("", response_model=BatchObject)
-async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends(json_body(BatchCreate))]) -> BatchObject:
-    """Create a batch from an uploaded file and start it on the pool its deadline calls for."""
+def checked_endpoint(gw: Gateway, body: BatchCreate) -> Endpoint:
+    """The body's endpoint, once it and the completion window are ones this gateway serves (else a 400)."""
     try:
         endpoint = Endpoint(body.endpoint)
     except ValueError:
@@ -85,6 +87,13 @@ async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends
         raise ApiError(400, f"unsupported endpoint; use one of {allowed}", param="endpoint") from None
     if body.completion_window not in gw.windows:
         raise ApiError(400, f"completion_window must be one of {', '.join(gw.windows)}", param="completion_window")
+    return endpoint
+
+
+@router.post("", response_model=BatchObject)
+async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends(json_body(BatchCreate))]) -> BatchObject:
+    """Create a batch from an uploaded file and start it on the pool its deadline calls for."""
+    endpoint = checked_endpoint(gw, body)
     check_metadata(body.metadata)
     check_output_expiry(gw, body.output_expires_after)
     drill = drill_params(gw, who, body.metadata)
@@ -107,6 +116,43 @@ async def create_batch(who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends
     )
     await gw.audit(who, "batch.create", row.id, input_file_id=source.id, pool=row.pool)
     return batch_object(row)
+
+
+@router.post("/estimate", response_model=BatchEstimateObject)
+async def estimate_batch(
+    who: Caller, gw: Gw, body: Annotated[BatchCreate, Depends(json_body(BatchCreate))]
+) -> BatchEstimateObject:
+    """A dry run of ``POST /v1/batches`` with the same body: the requests, estimated prompt and
+    completion tokens (an upper bound), the model, the pool placement would choose, the ETA,
+    engine-hours and cost, and how sure it is (``confidence``/``basis``: this model's measured
+    throughput on that pool, or a stated default). Nothing is started and nothing is recorded."""
+    checked_endpoint(gw, body)
+    check_metadata(body.metadata)
+    source = await gw.file(who, body.input_file_id)
+    now = datetime.now(UTC)
+    deadline = now + timedelta(hours=gw.windows[body.completion_window])
+    try:
+        count = await asyncio.to_thread(count_input, source.uri, gw.settings)
+    except BatchFileError:
+        raise ApiError(400, "the input file could not be read", code="invalid_file", param="input_file_id") from None
+    if count.requests == 0:
+        raise ApiError(400, "the input file has no request lines", code="invalid_file", param="input_file_id")
+    try:
+        pools = await asyncio.to_thread(gw.lifecycle.orchestrator.pool_states, gw.settings)
+    except Exception:  # noqa: BLE001 - whatever the orchestrator's failure, the caller gets a 503 without its text
+        raise ApiError(
+            503, "the pools' state could not be read (orchestration unavailable); try again later", type_="server_error"
+        ) from None
+    estimate = await asyncio.to_thread(
+        estimate_input, source.uri, settings=gw.settings, deadline=deadline, pools=pools, now=now, count=count
+    )
+    return BatchEstimateObject(
+        input_file_id=source.id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        deadline=int(deadline.timestamp()),
+        estimate=estimate,
+    )
 
 
 @router.get("/{batch_id}", response_model=BatchObject)

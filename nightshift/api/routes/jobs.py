@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -37,16 +36,16 @@ async def create_job(who: Caller, gw: Gw, body: Annotated[JobCreate, Depends(jso
     priority = body.priority()
     check_metadata(body.metadata)
     drill = drill_params(gw, who, body.metadata)
-    if body.max_tokens is not None and body.max_tokens >= settings.engine.max_model_len:
-        raise ApiError(400, f"must be below the model's context length ({settings.engine.max_model_len})", param="max_tokens")
+    # Inline prompts run on the catalogue's default model, with its engine settings.
+    served = gw.catalogue.default
+    max_model_len = settings.engine.for_model(gw.catalogue.models[served].engine).max_model_len
+    if body.max_tokens is not None and body.max_tokens >= max_model_len:
+        raise ApiError(400, f"must be below the model's context length ({max_model_len})", param="max_tokens")
     for i, item in enumerate(body.input or []):
-        if item.max_tokens is not None and item.max_tokens >= settings.engine.max_model_len:
-            raise ApiError(
-                400, f"must be below the model's context length ({settings.engine.max_model_len})", param=f"input[{i}].max_tokens"
-            )
+        if item.max_tokens is not None and item.max_tokens >= max_model_len:
+            raise ApiError(400, f"must be below the model's context length ({max_model_len})", param=f"input[{i}].max_tokens")
     webhook = await checked_webhook(gw, who, body.webhook_url, param="webhook_url")
     if body.input is not None:
-        served = settings.engine.served_model_name or Path(settings.engine.model).name
         data = render_inline(body, model=served, max_items=settings.api.max_inline_items)
         source = await store_upload(gw, who, io.BytesIO(data), "inline.jsonl")
     else:
@@ -103,15 +102,12 @@ async def job_results(who: Caller, gw: Gw, job_id: str, request: Request) -> Job
             return await asyncio.to_thread(gw.store.sign, source.uri, gw.settings.api.results_url_seconds)
         return f"{base}/v1/files/{file_id}/content"
 
-    api = gw.settings.api
-    prices = api.prices()
     body = job_results_body(
         row,
         results_url=await link(row.output_file_id),
         errors_url=await link(row.error_file_id),
         retention_days=gw.settings.storage.retention_days,
         manifest=manifest,
-        prices=prices,
     )
     await gw.audit(who, "job.results", job_id)
     return body

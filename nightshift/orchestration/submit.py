@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
-import fsspec
 from pydantic import BaseModel, Field
 
-from nightshift.core.errors import BatchFileError, OrchestrationError
-from nightshift.core.placement import Placement, PoolState, choose_pool
+from nightshift.core.errors import OrchestrationError
+from nightshift.core.estimate import BatchEstimate
+from nightshift.core.placement import Placement, PoolState
 from nightshift.core.runs import BatchRunContext, BatchRunParameters, FaultInjection, default_batch_id
 from nightshift.core.sla import Tier, deadline_for
+from nightshift.orchestration.estimate import estimate_input
 from nightshift.settings import Settings
-from nightshift.storage import ArtifactStore
-from nightshift.storage.pools import read_throughput
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -43,6 +42,7 @@ class Submission(BaseModel):
     requests: int = Field(description="Request lines in the file (placement's batch size).")
     deadline: datetime
     placement: Placement
+    estimate: BatchEstimate | None = Field(default=None, description="The forecast placement was decided on.")
 
 
 def _absolute(input_uri: str) -> str:
@@ -50,18 +50,7 @@ def _absolute(input_uri: str) -> str:
     return input_uri if "://" in input_uri else str(Path(input_uri).absolute())
 
 
-def count_requests(input_uri: str, settings: Settings) -> int:
-    """Non-blank lines of the batch file, streamed (the file may be hundreds of MB)."""
-    try:
-        with fsspec.open(input_uri, "rb", **settings.storage.storage_options(input_uri)) as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError as exc:
-        raise BatchFileError(f"batch file not found: {input_uri}") from exc
-
-
-def _pool_state(
-    client: SyncPrefectClient, deployment: str, kind: Literal["spot", "dedicated"], guess: float, store: ArtifactStore
-) -> PoolState:
+def _pool_state(client: SyncPrefectClient, deployment: str, kind: Literal["spot", "dedicated"], guess: float) -> PoolState:
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterNextScheduledStartTime,
@@ -106,21 +95,22 @@ def _pool_state(
         concurrency_limit=pool.concurrency_limit,
         running=running,
         queued=queued,
-        requests_per_second=read_throughput(store, pool_name).requests_per_second() or guess,
+        requests_per_second=guess,
     )
 
 
 def read_pool_states(settings: Settings | None = None) -> tuple[PoolState, PoolState]:
-    """(spot, dedicated) as Prefect sees them now, with throughput measured by earlier batches."""
+    """(spot, dedicated) as Prefect sees them now: workers, slots and queue. Their throughput is the
+    settings' default; a batch is placed on its own model's measured throughput
+    (``orchestration.estimate.estimate_input``)."""
     from prefect import get_client
 
     settings = settings or Settings()
     cfg = settings.pools
-    store = ArtifactStore.from_config(settings.storage)
     with get_client(sync_client=True) as client:
         return (
-            _pool_state(client, cfg.spot_deployment, "spot", cfg.spot_requests_per_second, store),
-            _pool_state(client, cfg.dedicated_deployment, "dedicated", cfg.dedicated_requests_per_second, store),
+            _pool_state(client, cfg.spot_deployment, "spot", cfg.spot_requests_per_second),
+            _pool_state(client, cfg.dedicated_deployment, "dedicated", cfg.dedicated_requests_per_second),
         )
 
 
@@ -160,23 +150,15 @@ def submit_batch(
     tier = Tier(tier)
     submitted_at = submitted_at or datetime.now(UTC)
     input_uri = _absolute(input_uri)
-    requests = count_requests(input_uri, settings)
-    if requests == 0:
-        raise BatchFileError("the batch file has no request lines")
     run_params = BatchRunParameters(input_uri=input_uri, tier=tier, **params)  # a bad field fails before any placement
     deadline = run_params.deadline or deadline_for(submitted_at, tier, settings.sla.hours())
-    spot, dedicated = read_pool_states(settings)
-    placement = choose_pool(
-        requests=requests,
-        now=datetime.now(UTC),
-        deadline=deadline,
-        spot=spot,
-        dedicated=dedicated,
-        safety_factor=settings.pools.safety_factor,
-    )
+    # Counted, then placed on the batch model's measured throughput: the run keeps this estimate.
+    estimate = estimate_input(input_uri, settings=settings, deadline=deadline, pools=read_pool_states(settings))
+    requests = estimate.requests
+    placement = estimate.placement
     drilled = slow_shards_seconds is not None or fail_after_shards is not None
     drill = FaultInjection(slow_shards_seconds=slow_shards_seconds, fail_after_shards=fail_after_shards) if drilled else None
-    context = BatchRunContext(submitted_at=submitted_at, placement=placement, drill=drill)
+    context = BatchRunContext(submitted_at=submitted_at, placement=placement, drill=drill, estimate=estimate)
     deployment = settings.pools.spot_deployment if placement.kind == "spot" else settings.pools.dedicated_deployment
     run = cast(
         "FlowRun",
@@ -200,6 +182,7 @@ def submit_batch(
         requests=requests,
         deadline=deadline,
         placement=placement,
+        estimate=estimate,
     )
 
 
