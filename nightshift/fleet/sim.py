@@ -203,26 +203,19 @@ class Fleet:
                 raise ScenarioError(f"no measured throughput for the {kind} pool in the store", source=scenario.name)
             return rps
 
-        self.pools: dict[Kind, _Pool] = {
-            "spot": _Pool(
-                "spot",
-                spec.spot.name,
-                spot_gpus,
-                spec.spot.price_per_gpu_hour,
-                speed("spot", spec.spot.requests_per_second),
-                spec.spot.tokens_per_second or model.tokens_per_second,
-                measured.get("spot", PoolThroughput(pool=spec.spot.name)),
-            ),
-            "dedicated": _Pool(
-                "dedicated",
-                spec.dedicated.name,
-                dedicated_gpus,
-                spec.dedicated.price_per_gpu_hour,
-                speed("dedicated", spec.dedicated.requests_per_second),
-                spec.dedicated.tokens_per_second or model.tokens_per_second,
-                measured.get("dedicated", PoolThroughput(pool=spec.dedicated.name)),
-            ),
-        }
+        def pool(kind: Kind, gpus: int) -> _Pool:
+            own = spec.spot if kind == "spot" else spec.dedicated
+            return _Pool(
+                kind,
+                own.name,
+                gpus,
+                own.price_per_gpu_hour,
+                speed(kind, own.requests_per_second),
+                own.tokens_per_second or model.tokens_per_second,
+                measured.get(kind, PoolThroughput(pool=own.name)),
+            )
+
+        self.pools: dict[Kind, _Pool] = {"spot": pool("spot", spot_gpus), "dedicated": pool("dedicated", dedicated_gpus)}
         self.batches: list[BatchState] = []
         self.cost_segments: list[tuple[float, float, float]] = []
         self.queue_depth: list[tuple[float, int, int]] = [(0.0, 0, 0)]
