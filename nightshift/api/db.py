@@ -234,13 +234,13 @@ class Batch(Base):
     version: Mapped[str | None] = mapped_column(String(255), nullable=True)
     output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    errors: Mapped[Any] = mapped_column(JSON, nullable=True)
-    request_counts: Mapped[Any] = mapped_column(JSON, nullable=True)
-    usage: Mapped[Any] = mapped_column(JSON, nullable=True)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # OpenAI batch errors.data
+    request_counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    placement: Mapped[Any] = mapped_column(JSON, nullable=True)
-    estimate: Mapped[Any] = mapped_column(JSON, nullable=True)  # core.estimate.BatchEstimate, made at placement
-    cost: Mapped[Any] = mapped_column(JSON, nullable=True)  # core.cost.BatchCost, from the published manifest
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # core.placement.Placement
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # core.estimate.BatchEstimate, made at placement
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # core.cost.BatchCost, from the published manifest
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from nightshift.api.db import Batch, File
 from nightshift.api.schemas import (
+    BatchError,
     BatchErrors,
     BatchObject,
     BatchPlacement,
@@ -57,6 +58,11 @@ def file_object(f: File) -> FileObject:
     )
 
 
+def _errors(b: Batch) -> list[BatchError]:
+    """The row's ``errors`` column (OpenAI's ``errors.data``) as the response type."""
+    return [BatchError.model_validate(e) for e in b.errors or []]
+
+
 def batch_object(b: Batch, live: Progress | None = None) -> BatchObject:
     """A ``batch`` object; ``live`` adds the SLA watch's view (ETA, risk) while it runs."""
     usage = None
@@ -69,7 +75,7 @@ def batch_object(b: Batch, live: Progress | None = None) -> BatchObject:
     return BatchObject(
         id=b.id,
         endpoint=b.endpoint,
-        errors=BatchErrors(data=b.errors) if b.errors else None,
+        errors=BatchErrors(data=_errors(b)) if b.errors else None,
         input_file_id=b.input_file_id,
         completion_window=b.completion_window,
         status=b.status,
@@ -134,7 +140,7 @@ def job_created(b: Batch) -> JobCreated:
         estimated_completion=iso(b.created_at + timedelta(seconds=eta)) if eta is not None else None,
         priority=(b.metadata_ or {}).get("priority", "normal"),
         pool=b.pool,
-        errors=b.errors,
+        errors=_errors(b) or None,
     )
 
 
@@ -175,7 +181,7 @@ def job_status(b: Batch, live: Progress | None = None) -> JobStatus:
         version=b.version,
         priority=(b.metadata_ or {}).get("priority", "normal"),
         metadata=b.metadata_ or None,
-        errors=b.errors,
+        errors=_errors(b) or None,
     )
 
 
