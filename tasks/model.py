@@ -11,11 +11,13 @@ from pydantic import BaseModel, Field
 
 from nightshift.core.artifacts import ModelRecord
 from nightshift.core.catalogue import Catalogue
-from nightshift.core.errors import ConfigError
+from nightshift.core.errors import BatchFileError, ConfigError
 from nightshift.core.hashing import sha256_json
+from nightshift.core.jsonl import iter_lines
 from nightshift.core.validation import batch_model
 from nightshift.engine.models import model_sha256, resolve_adapter, resolve_model
 from nightshift.settings import EngineConfig, StorageConfig
+from nightshift.storage.io import read_chunks
 
 
 @task(name="resolve-model", retries=1)
@@ -104,14 +106,25 @@ def run_catalogue(catalogue: Catalogue, requested: str | None, engine: EngineCon
     return Catalogue.single(engine.served_model_name or Path(requested).name, requested)
 
 
+#: How far into the file the model is looked for before the engine starts (validation reads it all).
+HEAD_BYTES = 8 << 20
+
+
 def _head_lines(input_uri: str, storage: StorageConfig) -> Iterator[tuple[int, str]]:
-    """The batch file's lines from its start, read only as far as the caller iterates (a line cut
-    at 1 MiB, or one that is not UTF-8, comes out as text that parses as nothing)."""
-    import fsspec
+    """The batch file's lines from its start, by the one line rule (``core.jsonl``), read only as
+    far as the caller iterates and never past ``HEAD_BYTES``: a hostile file (one endless line) costs
+    at most that. A batch whose first model-naming line lies further in runs on the default model,
+    and validation then names its lines' model as a mismatch."""
+
+    def head() -> Iterator[bytes]:
+        read = 0
+        for chunk in read_chunks(input_uri, chunk_size=1 << 20, **storage.storage_options(input_uri)):
+            yield chunk[: HEAD_BYTES - read]
+            read += len(chunk)
+            if read >= HEAD_BYTES:
+                return
 
     try:
-        with fsspec.open(input_uri, "rb", **storage.storage_options(input_uri)) as f:
-            for number, raw in enumerate(iter(lambda: f.readline(1 << 20), b""), start=1):
-                yield number, raw.decode("utf-8", errors="replace")
-    except OSError:
+        yield from iter_lines(head())
+    except (OSError, BatchFileError):
         return  # validation reads the file again and says what is wrong with it

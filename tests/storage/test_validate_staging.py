@@ -125,3 +125,29 @@ def test_on_s3_the_input_streams_in_and_the_staged_objects_appear_whole_or_not_a
     assert batch.input.sha256 == hashlib.sha256(data).hexdigest() and batch.input.path.startswith("s3://")
     assert store.read_bytes(batch.valid_path) == encode_rows(whole.valid)
     assert store.read_bytes(batch.invalid_path) == encode_rows(_error_row(e) for e in whole.errors)
+
+
+def test_the_model_is_read_from_the_head_of_an_s3_input_by_the_one_line_rule(tmp_path, s3_bucket, s3_endpoint, monkeypatch):
+    """The flow picks the batch's model (and starts its engine) from the file's first lines, before
+    validation; on S3 as on disk, by the same rule as validation, and never past ``HEAD_BYTES``."""
+    import tasks.model
+    from nightshift.core.catalogue import Catalogue, ModelEntry
+    from nightshift.core.validation import batch_model
+    from nightshift.storage import ArtifactStore
+    from tasks.model import _head_lines
+
+    storage = StorageConfig(root=f"{s3_bucket}/store", endpoint_url=s3_endpoint)
+    store = ArtifactStore.from_config(storage)
+    lines = [{"not": "a request"}, chat_line(0), chat_line(1)]
+    lines[1]["body"]["model"], lines[2]["body"]["model"] = "unknown", "tiny-b"
+    data = ("\ufeff" + "\n".join(json.dumps(line) for line in lines) + "\n").encode()
+    source = f"{s3_bucket}/inputs/head.jsonl"
+    store.fs.pipe_file(source.removeprefix("s3://"), data)
+    local = tmp_path / "head.jsonl"
+    local.write_bytes(data)
+    catalogue = Catalogue(default="tiny-a", models={"tiny-a": ModelEntry(source="a"), "tiny-b": ModelEntry(source="b")})
+
+    assert list(_head_lines(source, storage)) == list(split_lines(data)) == list(_head_lines(str(local), StorageConfig()))
+    assert batch_model(_head_lines(source, storage), catalogue) == "tiny-b"
+    monkeypatch.setattr(tasks.model, "HEAD_BYTES", len(json.dumps(lines[0])) + 10)  # the head ends inside line 2
+    assert batch_model(_head_lines(source, storage), catalogue) is None  # not read: the default model serves
