@@ -275,7 +275,9 @@ def _process(
         else:
             # What this pool's engines answered per second lately (None: nothing measured yet).
             measured_rps = read_throughput(store, pool, throughput_model).requests_per_second() if pool else None
-            estimate = _estimate(context, params, settings, deadline, pool, capacity)
+            # The estimate reads the input and the throughput logs where this run does (the resolved store).
+            run_settings = settings.model_copy(update={"storage": storage})
+            estimate = _estimate(context, params, run_settings, deadline, pool, capacity)
             t = time.perf_counter()
             plan = plan_shards_task.submit(
                 storage,

@@ -63,6 +63,7 @@ def _by_endpoint() -> dict[Endpoint, list[Case]]:
 def _nightshift(model: Path, endpoint: Endpoint, cases: list[Case], kind: str = "vllm") -> dict[str, tuple[Any, ...]]:
     """Each case as a batch line: validation, then the engine adapter (``kind``) on the valid lines."""
     from nightshift.core.validation import validate_lines
+    from nightshift.engine.base import EngineSpec
     from nightshift.engine.hf_engine import TransformersEngine
     from nightshift.engine.tokens import build_token_counter
     from nightshift.engine.vllm_engine import VLLMEngine
@@ -78,7 +79,8 @@ def _nightshift(model: Path, endpoint: Endpoint, cases: list[Case], kind: str = 
         served_model=SERVED_MODEL,
     )
     out: dict[str, tuple[Any, ...]] = {e.custom_id: ("error", e.code, e.param) for e in result.errors}
-    engine = (VLLMEngine if kind == "vllm" else TransformersEngine)(str(model), SERVED_MODEL, endpoint, CONFIG)
+    spec = EngineSpec(model_path=str(model), served_model_name=SERVED_MODEL, endpoint=endpoint, config=CONFIG)
+    engine = (VLLMEngine if kind == "vllm" else TransformersEngine)(spec)
     try:
         for row in engine.run(result.valid):
             out[row.custom_id] = ("error", row.error.code, row.error.param) if row.error else ("answer", row.body)
