@@ -119,14 +119,11 @@ def count_lines(lines: Iterable[bytes | str], *, default_max_tokens: int, max_mo
 
 
 def batch_model(count: TokenCount, catalogue: Catalogue) -> str:
-    """The model id the batch runs on: the one most of its lines name (lines naming none count
-    for the catalogue's default; names the catalogue does not know are left out: they are error lines)."""
-    votes: Counter[str] = Counter()
-    for name, lines in count.models.items():
-        ref = catalogue.resolve(name or None)
-        if ref is not None:
-            votes[ref.served_name] += lines
-    return votes.most_common(1)[0][0] if votes else catalogue.default
+    """The model id the batch runs on, by the run's own rule (``core.validation.batch_model``): the
+    first catalogue id a line names, in file order (``count.models`` keeps the order names were first
+    seen); the catalogue's default when no line names one. Unknown names are error lines."""
+    known = set(catalogue.ids())
+    return next((name for name in count.models if name in known), catalogue.default)
 
 
 class ThroughputBasis(BaseModel):

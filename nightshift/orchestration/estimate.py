@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import fsspec
-
 from nightshift.core.catalogue import Catalogue, PoolKind
 from nightshift.core.cost import priced_model
 from nightshift.core.errors import BatchFileError
@@ -24,9 +22,11 @@ from nightshift.core.estimate import (
     estimate_batch,
     throughput_basis,
 )
+from nightshift.core.jsonl import iter_lines
 from nightshift.core.placement import Placement, PoolState, PoolThroughput, choose_pool
 from nightshift.settings import Settings
 from nightshift.storage import ArtifactStore
+from nightshift.storage.io import INPUT_CHUNK, read_chunks
 from nightshift.storage.pools import read_throughput
 
 
@@ -37,10 +37,13 @@ def count_input(input_uri: str, settings: Settings) -> TokenCount:
         BatchFileError: the file does not exist.
     """
     engine = settings.engine
+    storage = settings.storage
+    options = storage.storage_options(input_uri)
+    chunks = read_chunks(input_uri, chunk_size=INPUT_CHUNK, retry_seconds=storage.retry_seconds, **options)
+    lines = (text for _, text in iter_lines(chunks))  # the one line rule (core.jsonl), as validation reads it
     try:
-        with fsspec.open(input_uri, "rb", **settings.storage.storage_options(input_uri)) as f:
-            return count_lines(f, default_max_tokens=engine.default_max_tokens, max_model_len=engine.max_model_len)
-    except FileNotFoundError as exc:
+        return count_lines(lines, default_max_tokens=engine.default_max_tokens, max_model_len=engine.max_model_len)
+    except BatchFileError as exc:  # read_chunks: the file is not there
         raise BatchFileError(f"batch file not found: {input_uri}") from exc
 
 

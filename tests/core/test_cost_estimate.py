@@ -93,7 +93,7 @@ def test_a_chat_line_without_budget_is_cut_to_what_fits_the_context():
     assert count_lines([long], default_max_tokens=256, max_model_len=150).completion_tokens == 50
 
 
-def test_the_batch_model_is_the_one_most_lines_name():
+def test_the_batch_model_is_the_first_catalogue_id_a_line_names_as_the_run_picks_it():
     count = count_lines(
         [_line({"model": "big-sql", "messages": []})] * 3 + [_line({"messages": []})] * 2 + [_line({"model": "nope"})] * 9,
         default_max_tokens=1,
