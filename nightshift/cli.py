@@ -85,7 +85,7 @@ def _start_ray_and_engine(settings: Settings, file: str, model: str | None) -> N
         ray.init(**ray_init_kwargs(settings.ray))
     cache = str((settings.home / "models").absolute())
     served = resolve_batch_model.fn(settings.catalogue(), file, settings.storage, settings.engine, cache, model)
-    start_engine.fn(settings.storage, file, None, engine_for(served, None))
+    start_engine.fn(settings.storage, file, None, engine_for(served, None), safety_factor=settings.pools.safety_factor)
 
 
 @contextlib.contextmanager

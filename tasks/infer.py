@@ -13,11 +13,9 @@ from nightshift.core.protocol import Endpoint
 from nightshift.core.sharding import ShardSpec
 from nightshift.engine.autoscale import ElasticFleet, hint_engine
 from nightshift.engine.runner import EngineSpec, ShardJob, ShardOutcome, get_engines, read_outcome, run_shards, wait_for_an_engine
-from nightshift.settings import PoolsConfig, StorageConfig
+from nightshift.settings import StorageConfig
 from nightshift.storage import ArtifactStore
 from tasks.model import BatchModel
-
-_SAFETY_FACTOR = PoolsConfig().safety_factor
 
 
 class InferenceReport(BaseModel):
@@ -64,7 +62,7 @@ def engine_for(model: BatchModel, endpoint: Endpoint | None) -> EngineSpec:
 
 @task(name="start-engine")
 def start_engine(
-    storage: StorageConfig, input_uri: str, endpoint: Endpoint | None, engine: EngineSpec, safety_factor: float = _SAFETY_FACTOR
+    storage: StorageConfig, input_uri: str, endpoint: Endpoint | None, engine: EngineSpec, *, safety_factor: float
 ) -> str | None:
     """Start the engine replicas a batch will need while its file is still being validated.
 
@@ -108,8 +106,9 @@ def run_inference(
     fail_after_shards: int | None = None,
     slow_shards_seconds: float | None = None,
     priority: int = 0,
+    *,
     deadline: datetime | None = None,
-    safety_factor: float = _SAFETY_FACTOR,
+    safety_factor: float,
 ) -> InferenceReport:
     """Run the shards that have no results yet; a shard's results are written when it finishes.
 
